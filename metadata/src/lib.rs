@@ -1,1 +1,26 @@
+//! The metadata model of a Sluice cluster: versioned records, the immutable
+//! [`MetadataImage`] built by replaying them in log order, and the
+//! [`MetadataDelta`] that carries one batch of changes from an image to the next.
+//!
+//! Nothing here performs I/O. The controller writes records to the Raft log;
+//! every node replays the committed ones through a delta.
 
+pub mod configs;
+pub mod controller_api;
+mod delta;
+mod image;
+pub mod loader;
+mod records;
+
+pub use delta::{LocalChanges, MetadataDelta, ReplayError};
+pub use loader::{LoadError, MetadataLoader, Publisher};
+pub use image::{BrokerRegistration, MetadataImage, PartitionRegistration, TopicImage};
+pub use records::{
+    decode_batch, encode_batch, BrokerRecord, ConfigRecord, ConfigResource, Endpoint,
+    MetadataRecord, PartitionRecord, ProducerIdsRecord, RecordDecodeError, RemoveTopicRecord,
+    TopicRecord,
+};
+pub use uuid::Uuid;
+
+/// Leader value meaning "no leader", as in Kafka.
+pub const NO_LEADER: i32 = -1;
