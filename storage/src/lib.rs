@@ -1,1 +1,19 @@
+//! Durable bytes for Sluice: partition logs made of segments of Kafka v2
+//! record batches, with sparse indexes, crash recovery, retention,
+//! truncation, leader-epoch tracking and idempotent-producer state.
+//!
+//! The hot path never decodes individual records: batches are validated by
+//! their 61-byte header and CRC, offsets are assigned by patching the header.
 
+pub mod batch;
+mod error;
+pub mod index;
+pub mod leader_epoch;
+pub mod log;
+pub mod producer_state;
+pub mod segment;
+
+pub use error::StorageError;
+pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult};
+
+#[cfg(feature = "raft-store")] pub mod raft_store;

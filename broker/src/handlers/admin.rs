@@ -1,0 +1,193 @@
+//! CreateTopics, DeleteTopics, CreatePartitions and DescribeCluster: the
+//! broker turns each into a controller call and reports per-item results.
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use sluice_metadata::controller_api::{NewPartitions, NewTopic, TopicRef};
+use sluice_metadata::Uuid;
+
+use super::configs::topic_config_entries;
+use super::{message, Broker};
+use crate::errors::controller_error;
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+pub async fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+    let mut invalid = Vec::new();
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for t in &request.topics {
+        let mut configs = Vec::with_capacity(t.configs.len());
+        for c in &t.configs {
+            match &c.value {
+                Some(v) => configs.push((c.name.to_string(), v.to_string())),
+                None => invalid.push((t.name.0.to_string(), format!("Null value not supported for topic configs: {}", c.name))),
+            }
+        }
+        topics.push(NewTopic {
+            name: t.name.0.to_string(),
+            num_partitions: t.num_partitions,
+            replication_factor: t.replication_factor,
+            assignments: t
+                .assignments
+                .iter()
+                .map(|a| (a.partition_index, a.broker_ids.iter().map(|b| b.0).collect()))
+                .collect(),
+            configs,
+        });
+    }
+    let (to_send, rejected): (Vec<NewTopic>, Vec<NewTopic>) =
+        topics.into_iter().partition(|t| !invalid.iter().any(|(name, _)| *name == t.name));
+    let names: Vec<String> = to_send.iter().map(|t| t.name.clone()).collect();
+    let results = broker.controller.create_topics(to_send, request.validate_only).await;
+
+    let image = broker.replicas.image();
+    let mut responses: Vec<CreatableTopicResult> = names
+        .into_iter()
+        .zip(results)
+        .map(|(name, result)| {
+            let response = CreatableTopicResult::default().with_name(topic_name(&name));
+            match result {
+                Ok(created) => {
+                    let mut response = response
+                        .with_topic_id(created.topic_id)
+                        .with_num_partitions(created.num_partitions)
+                        .with_replication_factor(created.replication_factor);
+                    if version >= 5 {
+                        let dynamic = if request.validate_only { None } else { image.topic_config(&name) };
+                        let configs = topic_config_entries(broker, dynamic, None)
+                            .into_iter()
+                            .map(|e| e.into_created())
+                            .collect();
+                        response = response.with_configs(Some(configs));
+                    }
+                    response
+                }
+                Err(e) => response
+                    .with_error_code(controller_error(&e).code())
+                    .with_error_message(message(e.to_string()))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1),
+            }
+        })
+        .collect();
+    for topic in rejected {
+        let text = invalid
+            .iter()
+            .find(|(name, _)| *name == topic.name)
+            .map(|(_, text)| text.clone())
+            .unwrap_or_default();
+        responses.push(
+            CreatableTopicResult::default()
+                .with_name(topic_name(&topic.name))
+                .with_error_code(ResponseError::InvalidConfig.code())
+                .with_error_message(message(text))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1),
+        );
+    }
+    CreateTopicsResponse::default().with_topics(responses)
+}
+
+pub async fn delete_topics(broker: &Broker, request: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+    let refs: Vec<TopicRef> = if version >= 6 {
+        request
+            .topics
+            .iter()
+            .map(|t| match &t.name {
+                Some(name) => TopicRef::Name(name.0.to_string()),
+                None => TopicRef::Id(t.topic_id),
+            })
+            .collect()
+    } else {
+        request.topic_names.iter().map(|n| TopicRef::Name(n.0.to_string())).collect()
+    };
+    let results = broker.controller.delete_topics(refs.clone()).await;
+    let responses = refs
+        .into_iter()
+        .zip(results)
+        .map(|(requested, result)| {
+            let (name, id) = match &requested {
+                TopicRef::Name(name) => (Some(name.clone()), Uuid::nil()),
+                TopicRef::Id(id) => (None, *id),
+            };
+            match result {
+                Ok((name, id)) => DeletableTopicResult::default()
+                    .with_name(Some(topic_name(&name)))
+                    .with_topic_id(id),
+                Err(e) => DeletableTopicResult::default()
+                    .with_name(name.map(|n| topic_name(&n)))
+                    .with_topic_id(id)
+                    .with_error_code(controller_error(&e).code())
+                    .with_error_message(message(e.to_string())),
+            }
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub async fn create_partitions(broker: &Broker, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let requests: Vec<NewPartitions> = request
+        .topics
+        .iter()
+        .map(|t| NewPartitions {
+            topic: t.name.0.to_string(),
+            count: t.count,
+            assignments: t
+                .assignments
+                .as_ref()
+                .map(|a| a.iter().map(|r| r.broker_ids.iter().map(|b| b.0).collect()).collect()),
+        })
+        .collect();
+    let results = broker.controller.create_partitions(requests, request.validate_only).await;
+    let responses = request
+        .topics
+        .iter()
+        .zip(results)
+        .map(|(t, result)| {
+            let response = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            match result {
+                Ok(()) => response,
+                Err(e) => response
+                    .with_error_code(controller_error(&e).code())
+                    .with_error_message(message(e.to_string())),
+            }
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(responses)
+}
+
+pub fn describe_cluster(broker: &Broker, request: DescribeClusterRequest) -> DescribeClusterResponse {
+    let image = broker.replicas.image();
+    let brokers = image
+        .brokers
+        .values()
+        .filter(|b| request.include_fenced_brokers || !b.fenced)
+        .filter_map(|b| {
+            let endpoint = b.endpoints.first()?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.broker_id))
+                    .with_host(StrBytes::from_string(endpoint.host.clone()))
+                    .with_port(endpoint.port as i32)
+                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+                    .with_is_fenced(b.fenced),
+            )
+        })
+        .collect();
+    DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(broker.config.cluster_id.clone()))
+        .with_controller_id(BrokerId(broker.controller.active_controller_id().unwrap_or(-1)))
+        .with_brokers(brokers)
+        .with_endpoint_type(1)
+}
+

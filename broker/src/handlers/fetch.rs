@@ -1,0 +1,121 @@
+//! Fetch: whole record batches up to the high watermark, with long polling.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::Broker;
+use crate::errors::storage_error;
+
+/// Fetch versions from which topics are named by id.
+const TOPIC_IDS_FROM: i16 = 13;
+
+pub async fn fetch(broker: &Broker, request: FetchRequest, version: i16) -> FetchResponse {
+    let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let deadline = tokio::time::Instant::now() + max_wait;
+    let min_bytes = request.min_bytes.max(0) as usize;
+    loop {
+        // Register for wake-ups before reading, so an append between the read
+        // and the wait is not missed.
+        let notified = broker.replicas.appended().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+
+        let (response, bytes, any_error) = read_all(broker, &request, version);
+        if bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline {
+            return response;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return read_all(broker, &request, version).0;
+        }
+    }
+}
+
+fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+    let image = broker.replicas.image();
+    let mut budget = request.max_bytes.max(0) as usize;
+    let mut total = 0usize;
+    let mut any_error = false;
+    let read_committed = request.isolation_level == 1;
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = if version >= TOPIC_IDS_FROM {
+            image.topic_by_id(&topic.topic_id).map(|t| t.name.clone())
+        } else {
+            Some(topic.topic.0.to_string())
+        };
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let mut data = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1);
+            if read_committed {
+                data = data.with_aborted_transactions(Some(Vec::new()));
+            }
+            let Some(name) = &name else {
+                any_error = true;
+                partitions.push(data.with_error_code(ResponseError::UnknownTopicId.code()));
+                continue;
+            };
+            let Some(partition) = broker.replicas.partition(name, p.partition) else {
+                any_error = true;
+                partitions.push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                continue;
+            };
+            let state = partition.state();
+            if state.leader != broker.config.node_id {
+                any_error = true;
+                partitions.push(data.with_error_code(ResponseError::NotLeaderOrFollower.code()));
+                continue;
+            }
+            if p.current_leader_epoch >= 0 && p.current_leader_epoch != state.leader_epoch {
+                let error = if p.current_leader_epoch < state.leader_epoch {
+                    ResponseError::FencedLeaderEpoch
+                } else {
+                    ResponseError::UnknownLeaderEpoch
+                };
+                any_error = true;
+                partitions.push(data.with_error_code(error.code()));
+                continue;
+            }
+            let hw = state.log.high_watermark();
+            data = data
+                .with_high_watermark(hw)
+                .with_last_stable_offset(hw)
+                .with_log_start_offset(state.log.log_start_offset());
+            // The first partition with data is served even past the budget
+            // (one whole batch), so a large message never blocks a consumer.
+            let limit = (p.partition_max_bytes.max(0) as usize).min(if total == 0 { usize::MAX } else { budget });
+            if limit == 0 {
+                partitions.push(data.with_records(Some(Bytes::new())));
+                continue;
+            }
+            match state.log.read(p.fetch_offset, limit, hw) {
+                Ok(read) => {
+                    let n = read.records.len();
+                    total += n;
+                    budget = budget.saturating_sub(n);
+                    partitions.push(data.with_records(Some(read.records)));
+                }
+                Err(e) => {
+                    any_error = true;
+                    partitions.push(data.with_error_code(storage_error(&e).code()));
+                }
+            }
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_string(name.unwrap_or_default())))
+                .with_topic_id(topic.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    metrics::counter!("sluice_fetch_bytes_total").increment(total as u64);
+    (FetchResponse::default().with_responses(topics), total, any_error)
+}

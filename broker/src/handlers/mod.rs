@@ -1,0 +1,184 @@
+//! Request handlers: each is a function from a decoded request and the
+//! broker's state to a response; none of them touches a socket.
+
+mod admin;
+mod configs;
+mod fetch;
+mod metadata;
+mod offsets;
+mod produce;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use sluice_metadata::controller_api::ControllerApi;
+use tokio::sync::Mutex;
+
+use crate::config::BrokerConfig;
+use crate::replica::ReplicaManager;
+
+/// What a handler produces: a response, or nothing (produce with acks=0).
+pub enum Reply {
+    Response(Box<ResponseKind>),
+    None,
+}
+
+/// Everything a request handler may use.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub replicas: Arc<ReplicaManager>,
+    pub controller: Arc<dyn ControllerApi>,
+    /// The port the Kafka listener actually bound.
+    pub bound_port: u16,
+    producer_ids: Mutex<ProducerIdBlock>,
+}
+
+/// Producer ids this broker may hand out without asking the controller.
+#[derive(Default)]
+struct ProducerIdBlock {
+    next: i64,
+    end: i64,
+}
+
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+impl Broker {
+    pub fn new(
+        config: BrokerConfig,
+        replicas: Arc<ReplicaManager>,
+        controller: Arc<dyn ControllerApi>,
+        bound_port: u16,
+    ) -> Self {
+        Self {
+            config,
+            replicas,
+            controller,
+            bound_port,
+            producer_ids: Mutex::new(ProducerIdBlock::default()),
+        }
+    }
+
+    pub fn advertised_port(&self) -> u16 {
+        if self.config.advertised_port == 0 {
+            self.bound_port
+        } else {
+            self.config.advertised_port
+        }
+    }
+
+    /// The next producer id, taking a new block from the controller when
+    /// this broker's block is used up.
+    async fn next_producer_id(&self) -> Result<i64, ResponseError> {
+        let mut block = self.producer_ids.lock().await;
+        if block.next >= block.end {
+            let first = self
+                .controller
+                .allocate_producer_ids(self.config.node_id, PRODUCER_ID_BLOCK)
+                .await
+                .map_err(|e| crate::errors::controller_error(&e))?;
+            block.next = first;
+            block.end = first + PRODUCER_ID_BLOCK;
+        }
+        let id = block.next;
+        block.next += 1;
+        Ok(id)
+    }
+}
+
+/// The APIs and version ranges this broker serves. Produce is advertised
+/// from version 0 as Kafka does (librdkafka reads a higher minimum as "no
+/// compression support"), but versions below 3 are refused when used.
+const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 0, 11),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The lowest Produce version this broker can decode (record batch v2).
+const MIN_DECODABLE_PRODUCE: i16 = 3;
+
+pub fn supports(api_key: ApiKey, version: i16) -> bool {
+    SUPPORTED.iter().any(|&(key, min, max)| {
+        key == api_key
+            && version <= max
+            && version >= if key == ApiKey::Produce { MIN_DECODABLE_PRODUCE } else { min }
+    })
+}
+
+fn api_version_list() -> Vec<ApiVersion> {
+    SUPPORTED
+        .iter()
+        .map(|&(key, min, max)| {
+            ApiVersion::default()
+                .with_api_key(key as i16)
+                .with_min_version(min)
+                .with_max_version(max)
+        })
+        .collect()
+}
+
+/// The answer to an ApiVersions request of a version we do not speak: a v0
+/// response carrying UNSUPPORTED_VERSION and our ranges, so the client can
+/// retry with a version we do.
+pub fn api_versions_unsupported() -> ApiVersionsResponse {
+    ApiVersionsResponse::default()
+        .with_error_code(ResponseError::UnsupportedVersion.code())
+        .with_api_keys(api_version_list())
+}
+
+pub async fn dispatch(
+    broker: &Broker,
+    header: &RequestHeader,
+    api_key: ApiKey,
+    mut body: Bytes,
+) -> anyhow::Result<Reply> {
+    let version = header.request_api_version;
+    let request = RequestKind::decode(api_key, &mut body, version)?;
+    let response = match request {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(
+            ApiVersionsResponse::default().with_api_keys(api_version_list()),
+        ),
+        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, version).await),
+        RequestKind::Produce(r) => match produce::produce(broker, r, version).await {
+            Some(response) => ResponseKind::Produce(response),
+            None => return Ok(Reply::None),
+        },
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, version).await),
+        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(offsets::list_offsets(broker, r)),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ResponseKind::OffsetForLeaderEpoch(offsets::offset_for_leader_epoch(broker, r))
+        }
+        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(admin::create_topics(broker, r, version).await),
+        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(admin::delete_topics(broker, r, version).await),
+        RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(admin::create_partitions(broker, r).await),
+        RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(admin::describe_cluster(broker, r)),
+        RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(produce::init_producer_id(broker, r).await),
+        RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe_configs(broker, r, version)),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(broker, r).await)
+        }
+        RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter_configs(broker, r).await),
+        _ => anyhow::bail!("no handler for {api_key:?}"),
+    };
+    Ok(Reply::Response(Box::new(response)))
+}
+
+/// An error message as clients receive it.
+fn message(text: impl Into<String>) -> Option<StrBytes> {
+    Some(StrBytes::from_string(text.into()))
+}

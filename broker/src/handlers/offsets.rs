@@ -1,0 +1,122 @@
+//! ListOffsets and OffsetForLeaderEpoch.
+
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use kafka_protocol::messages::{
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+};
+use kafka_protocol::ResponseError;
+
+use super::Broker;
+use crate::errors::storage_error;
+use crate::replica::PartitionState;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+                    let Some(partition) = broker.replicas.partition(topic.name.0.as_str(), p.partition_index) else {
+                        return response.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    let state = partition.state();
+                    if let Some(error) = leader_check(broker, &state, p.current_leader_epoch) {
+                        return response.with_error_code(error.code());
+                    }
+                    match lookup(&state, p.timestamp) {
+                        Ok((offset, timestamp)) => response
+                            .with_offset(offset)
+                            .with_timestamp(timestamp)
+                            .with_leader_epoch(state.leader_epoch),
+                        Err(error) => response.with_error_code(error.code()),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// (offset, timestamp) for one ListOffsets query.
+fn lookup(state: &PartitionState, timestamp: i64) -> Result<(i64, i64), ResponseError> {
+    let log = &state.log;
+    Ok(match timestamp {
+        LATEST => (log.high_watermark(), -1),
+        EARLIEST | EARLIEST_LOCAL => (log.log_start_offset(), -1),
+        LATEST_TIERED => (-1, -1),
+        MAX_TIMESTAMP => match log.max_timestamp() {
+            Some((ts, offset)) => (offset, ts),
+            None => (-1, -1),
+        },
+        ts if ts < 0 => return Err(ResponseError::InvalidRequest),
+        ts => match log.offset_for_timestamp(ts).map_err(|e| storage_error(&e))? {
+            Some((offset, found)) if offset < log.high_watermark() => (offset, found),
+            _ => (-1, -1),
+        },
+    })
+}
+
+fn leader_check(broker: &Broker, state: &PartitionState, current_leader_epoch: i32) -> Option<ResponseError> {
+    if state.leader != broker.config.node_id {
+        return Some(ResponseError::NotLeaderOrFollower);
+    }
+    if current_leader_epoch >= 0 && current_leader_epoch < state.leader_epoch {
+        return Some(ResponseError::FencedLeaderEpoch);
+    }
+    if current_leader_epoch > state.leader_epoch {
+        return Some(ResponseError::UnknownLeaderEpoch);
+    }
+    None
+}
+
+pub fn offset_for_leader_epoch(broker: &Broker, request: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let response = EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1);
+                    let Some(partition) = broker.replicas.partition(topic.topic.0.as_str(), p.partition) else {
+                        return response.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    let state = partition.state();
+                    if let Some(error) = leader_check(broker, &state, p.current_leader_epoch) {
+                        return response.with_error_code(error.code());
+                    }
+                    // The current epoch ends at the log end, even before the
+                    // leader has appended anything in it.
+                    let (epoch, end) = if p.leader_epoch == state.leader_epoch {
+                        (state.leader_epoch, state.log.log_end_offset())
+                    } else {
+                        state.log.end_offset_for_epoch(p.leader_epoch)
+                    };
+                    response.with_leader_epoch(epoch).with_end_offset(end)
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}

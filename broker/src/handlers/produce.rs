@@ -1,0 +1,212 @@
+//! Produce and InitProducerId.
+
+use std::time::Duration;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+};
+use kafka_protocol::ResponseError;
+use tracing::debug;
+
+use super::{message, Broker};
+use crate::errors::storage_error;
+use crate::replica::now_ms;
+
+/// The outcome of appending to one partition.
+struct Appended {
+    partition: i32,
+    result: Result<(i64, i64, i64), (ResponseError, Option<String>)>,
+}
+
+pub async fn produce(broker: &Broker, request: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    if request.transactional_id.is_some() {
+        // Transactions need a transaction coordinator Sluice does not have yet.
+        return Some(every_partition_fails(
+            &request,
+            ResponseError::TransactionalIdAuthorizationFailed,
+            "transactions are not supported by this broker",
+        ));
+    }
+    if !(-1..=1).contains(&acks) {
+        return Some(every_partition_fails(
+            &request,
+            ResponseError::InvalidRequiredAcks,
+            "acks must be -1, 0 or 1",
+        ));
+    }
+
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    let mut waits = Vec::new();
+    for topic in &request.topic_data {
+        let name = topic.name.0.as_str();
+        let mut results = Vec::with_capacity(topic.partition_data.len());
+        for data in &topic.partition_data {
+            let result = append(broker, name, data.index, data.records.as_deref(), acks);
+            if let Ok((_, last_offset, _)) = &result.result {
+                if acks == -1 {
+                    waits.push((name.to_string(), data.index, *last_offset));
+                }
+            }
+            results.push(result);
+        }
+        topics.push((topic.name.clone(), results));
+    }
+    broker.replicas.notify_appended();
+
+    if acks == 0 {
+        return None;
+    }
+    // acks=all: the ISR must reach each batch before we answer.
+    let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
+    let mut timed_out = Vec::new();
+    for (topic, partition, last_offset) in waits {
+        if !wait_for_high_watermark(broker, &topic, partition, last_offset + 1, timeout).await {
+            timed_out.push((topic, partition));
+        }
+    }
+
+    let responses = topics
+        .into_iter()
+        .map(|(name, results)| {
+            let partitions = results
+                .into_iter()
+                .map(|a| {
+                    let late = timed_out.iter().any(|(t, p)| t == name.0.as_str() && *p == a.partition);
+                    let response = PartitionProduceResponse::default().with_index(a.partition);
+                    match a.result {
+                        Ok(_) if late => response
+                            .with_error_code(ResponseError::RequestTimedOut.code())
+                            .with_base_offset(-1),
+                        Ok((base_offset, _, log_start)) => response
+                            .with_base_offset(base_offset)
+                            .with_log_append_time_ms(-1)
+                            .with_log_start_offset(log_start),
+                        Err((error, text)) => response
+                            .with_error_code(error.code())
+                            .with_base_offset(-1)
+                            .with_log_start_offset(-1)
+                            .with_error_message(text.and_then(message)),
+                    }
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(partitions)
+        })
+        .collect();
+    Some(ProduceResponse::default().with_responses(responses))
+}
+
+fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks: i16) -> Appended {
+    let fail = |error: ResponseError, text: Option<String>| Appended {
+        partition: index,
+        result: Err((error, text)),
+    };
+    let Some(partition) = broker.replicas.partition(topic, index) else {
+        return fail(ResponseError::UnknownTopicOrPartition, None);
+    };
+    let Some(records) = records else {
+        return fail(ResponseError::InvalidRecord, Some("the request carries no records".into()));
+    };
+    let mut state = partition.state();
+    if state.leader != broker.config.node_id {
+        return fail(ResponseError::NotLeaderOrFollower, None);
+    }
+    if acks == -1 {
+        let min_isr = broker
+            .replicas
+            .image()
+            .topic_config(topic)
+            .and_then(|c| c.get("min.insync.replicas"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(broker.config.min_insync_replicas.max(1) as usize);
+        if state.isr.len() < min_isr {
+            return fail(ResponseError::NotEnoughReplicas, None);
+        }
+    }
+    let epoch = state.leader_epoch;
+    match state.log.append_as_leader(records, epoch, now_ms()) {
+        Ok(info) => {
+            if !info.duplicate {
+                metrics::counter!("sluice_messages_in_total").increment((info.last_offset - info.base_offset + 1) as u64);
+            }
+            broker.replicas.update_high_watermark(&mut state);
+            Appended {
+                partition: index,
+                result: Ok((info.base_offset, info.last_offset, state.log.log_start_offset())),
+            }
+        }
+        Err(e) => {
+            debug!(topic, partition = index, error = %e, "append refused");
+            fail(storage_error(&e), Some(e.to_string()))
+        }
+    }
+}
+
+async fn wait_for_high_watermark(broker: &Broker, topic: &str, index: i32, target: i64, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = broker.replicas.appended().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match broker.replicas.partition(topic, index) {
+            Some(p) if p.state().log.high_watermark() >= target => return true,
+            Some(_) => {}
+            None => return false,
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return false;
+        }
+    }
+}
+
+fn every_partition_fails(request: &ProduceRequest, error: ResponseError, text: &str) -> ProduceResponse {
+    let responses = request
+        .topic_data
+        .iter()
+        .map(|topic| {
+            TopicProduceResponse::default()
+                .with_name(topic.name.clone())
+                .with_partition_responses(
+                    topic
+                        .partition_data
+                        .iter()
+                        .map(|p| {
+                            PartitionProduceResponse::default()
+                                .with_index(p.index)
+                                .with_error_code(error.code())
+                                .with_base_offset(-1)
+                                .with_error_message(message(text))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}
+
+pub async fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    let response = InitProducerIdResponse::default();
+    if request.transactional_id.is_some() {
+        return response
+            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
+    // KIP-360: an idempotent producer may ask to bump its epoch after an
+    // error, keeping its id; a new id once the epoch is exhausted.
+    if request.producer_id.0 >= 0 && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
+        return response
+            .with_producer_id(request.producer_id)
+            .with_producer_epoch(request.producer_epoch + 1);
+    }
+    match broker.next_producer_id().await {
+        Ok(id) => response.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Err(error) => response
+            .with_error_code(error.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    }
+}

@@ -1,0 +1,187 @@
+//! The Kafka listener: accepts connections, frames requests, hands each to
+//! its handler and writes the responses back in request order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::handlers::{self, Broker, Reply};
+
+/// Why a connection was closed by the broker.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("request size {size} is outside 0..={max} bytes")]
+    BadFrameSize { size: i32, max: usize },
+    #[error("connection closed in the middle of a request")]
+    TruncatedFrame,
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// Serves Kafka clients on `listener` until `shutdown` turns true.
+pub async fn run(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let limit = Arc::new(Semaphore::new(broker.config.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(%peer, "connection limit reached (max.connections); refusing");
+            drop(socket);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let broker = broker.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            metrics::gauge!("sluice_connections").increment(1.0);
+            match serve_connection(socket, peer, broker, shutdown).await {
+                Ok(()) => debug!(%peer, "connection closed"),
+                Err(e) => info!(%peer, error = %e, "closing connection"),
+            }
+            metrics::gauge!("sluice_connections").decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnectionError> {
+    let (mut reader, writer) = socket.into_split();
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    let max = broker.config.socket_request_max_bytes;
+    loop {
+        let mut size_buf = [0u8; 4];
+        let first = tokio::select! {
+            read = reader.read(&mut size_buf) => read?,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        if first == 0 {
+            return Ok(()); // a clean end between requests
+        }
+        if first < 4 {
+            read_exact_or_truncated(&mut reader, &mut size_buf[first..]).await?;
+        }
+        let size = i32::from_be_bytes(size_buf);
+        if size < 0 || size as usize > max {
+            return Err(ConnectionError::BadFrameSize { size, max });
+        }
+        let mut frame = BytesMut::zeroed(size as usize);
+        read_exact_or_truncated(&mut reader, &mut frame).await?;
+        metrics::counter!("sluice_bytes_in_total").increment(size as u64 + 4);
+
+        if let Some(response) = handle_frame(&broker, frame.freeze(), peer).await? {
+            metrics::counter!("sluice_bytes_out_total").increment(response.len() as u64);
+            writer.write_all(&response).await?;
+            writer.flush().await?;
+        }
+    }
+}
+
+async fn read_exact_or_truncated(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut [u8],
+) -> Result<(), ConnectionError> {
+    match reader.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnectionError::TruncatedFrame),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Decodes one request, runs its handler and encodes the response frame
+/// (`None` for produce with acks=0, which gets no answer).
+async fn handle_frame(
+    broker: &Broker,
+    mut frame: Bytes,
+    peer: SocketAddr,
+) -> Result<Option<BytesMut>, ConnectionError> {
+    if frame.len() < 8 {
+        return Err(ConnectionError::BadRequest(format!(
+            "request of {} bytes is too short for a header",
+            frame.len()
+        )));
+    }
+    let api_key_raw = i16::from_be_bytes([frame[0], frame[1]]);
+    let api_version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(api_key_raw)
+        .map_err(|_| ConnectionError::BadRequest(format!("unknown api key {api_key_raw}")))?;
+
+    let span = info_span!("request", api = ?api_key, version = api_version, correlation_id, client_id = tracing::field::Empty, %peer);
+    async move {
+        // ApiVersions answers any version, so clients can learn what we speak.
+        if api_key == ApiKey::ApiVersions && !handlers::supports(api_key, api_version) {
+            let body = handlers::api_versions_unsupported();
+            return Ok(Some(encode_response(api_key, 0, correlation_id, |buf| body.encode(buf, 0))?));
+        }
+        if !handlers::supports(api_key, api_version) {
+            return Err(ConnectionError::BadRequest(format!(
+                "{api_key:?} version {api_version} is not supported"
+            )));
+        }
+        let header_version = api_key.request_header_version(api_version);
+        let header = RequestHeader::decode(&mut frame, header_version)
+            .map_err(|e| ConnectionError::BadRequest(format!("bad request header: {e:#}")))?;
+        if let Some(client) = &header.client_id {
+            tracing::Span::current().record("client_id", client.as_str());
+        }
+        let started = Instant::now();
+        let reply = handlers::dispatch(broker, &header, api_key, frame)
+            .await
+            .map_err(|e| ConnectionError::BadRequest(format!("malformed {api_key:?} v{api_version} request: {e:#}")))?;
+        let api = format!("{api_key:?}");
+        metrics::counter!("sluice_requests_total", "api" => api.clone()).increment(1);
+        metrics::histogram!("sluice_request_duration_seconds", "api" => api).record(started.elapsed().as_secs_f64());
+        match reply {
+            Reply::None => Ok(None),
+            Reply::Response(response) => Ok(Some(encode_response(api_key, api_version, correlation_id, |buf| {
+                response.encode(buf, api_version)
+            })?)),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn encode_response(
+    api_key: ApiKey,
+    api_version: i16,
+    correlation_id: i32,
+    encode_body: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>,
+) -> Result<BytesMut, ConnectionError> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0); // size, patched below
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header
+        .encode(&mut buf, api_key.response_header_version(api_version))
+        .map_err(|e| ConnectionError::BadRequest(format!("cannot encode response header: {e:#}")))?;
+    encode_body(&mut buf).map_err(|e| ConnectionError::BadRequest(format!("cannot encode {api_key:?} response: {e:#}")))?;
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    let _ = buf.remaining();
+    Ok(buf)
+}
