@@ -1,1 +1,85 @@
-fn main() {}
+//! The `sluice` command: run a node, administer topics, measure throughput.
+
+mod alloc_guard;
+mod bench;
+mod client;
+mod server;
+mod settings;
+mod table;
+mod topics;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A Kafka-compatible broker cluster with built-in Raft coordination"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node. With no options: a single-node cluster on 127.0.0.1:9092, data in ./sluice-data.
+    Server {
+        /// A TOML file of settings (Kafka names, e.g. `log.dirs = "/var/lib/sluice"`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override one setting, key=value; repeatable. SLUICE_* environment variables also work
+        /// (SLUICE_LOG_DIRS for log.dirs).
+        #[arg(long = "set", short = 'o', value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Create, list, describe, alter and delete topics on any Kafka-compatible cluster.
+    Topics {
+        #[arg(
+            long,
+            short = 'b',
+            default_value = "127.0.0.1:9092",
+            env = "SLUICE_BOOTSTRAP_SERVER"
+        )]
+        bootstrap_server: String,
+        #[command(subcommand)]
+        command: topics::TopicsCommand,
+    },
+    /// Measure produce/consume throughput and latency with librdkafka against a running cluster.
+    Bench(bench::BenchArgs),
+}
+
+#[global_allocator]
+static ALLOCATOR: alloc_guard::LazyLargeAlloc = alloc_guard::LazyLargeAlloc;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Server { config, overrides } => {
+                let settings =
+                    settings::Settings::load(config.as_deref(), std::env::vars(), &overrides)?;
+                server::run(settings).await
+            }
+            Command::Topics {
+                bootstrap_server,
+                command,
+            } => topics::run(&bootstrap_server, command).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

@@ -27,7 +27,10 @@ pub fn now_ms() -> i64 {
 
 /// A topic's log settings: the broker's defaults overridden by the topic's
 /// dynamic configs.
-pub fn effective_log_config(defaults: &LogConfig, topic_configs: Option<&BTreeMap<String, String>>) -> LogConfig {
+pub fn effective_log_config(
+    defaults: &LogConfig,
+    topic_configs: Option<&BTreeMap<String, String>>,
+) -> LogConfig {
     let mut config = defaults.clone();
     let Some(configs) = topic_configs else {
         return config;
@@ -80,7 +83,9 @@ impl Partition {
     pub fn state(&self) -> MutexGuard<'_, PartitionState> {
         // A panic while holding the lock leaves the log as it was on disk;
         // carrying on with the inner value is safe.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -158,7 +163,13 @@ impl ReplicaManager {
         self.log_dir.join(format!("{topic}-{index}"))
     }
 
-    fn open_log(&self, topic: &str, topic_id: Uuid, index: i32, config: LogConfig) -> Result<PartitionLog, StorageError> {
+    fn open_log(
+        &self,
+        topic: &str,
+        topic_id: Uuid,
+        index: i32,
+        config: LogConfig,
+    ) -> Result<PartitionLog, StorageError> {
         let dir = self.partition_dir(topic, index);
         let marker = dir.join(PARTITION_METADATA);
         if let Ok(text) = fs::read_to_string(&marker) {
@@ -172,7 +183,13 @@ impl ReplicaManager {
         Ok(log)
     }
 
-    fn become_replica(&self, image: &MetadataImage, topic_id: Uuid, index: i32, reg: &PartitionRegistration) {
+    fn become_replica(
+        &self,
+        image: &MetadataImage,
+        topic_id: Uuid,
+        index: i32,
+        reg: &PartitionRegistration,
+    ) {
         let Some(topic) = image.topic_by_id(&topic_id) else {
             return;
         };
@@ -207,7 +224,9 @@ impl ReplicaManager {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(key, partition);
             }
-            Err(e) => error!(topic = %topic.name, partition = index, error = %e, "cannot open partition log"),
+            Err(e) => {
+                error!(topic = %topic.name, partition = index, error = %e, "cannot open partition log")
+            }
         }
     }
 
@@ -259,8 +278,12 @@ impl ReplicaManager {
             }
             match state.log.enforce_retention(now) {
                 Ok(0) => {}
-                Ok(deleted) => info!(topic = %partition.topic, partition = partition.index, deleted, "retention deleted segments"),
-                Err(e) => warn!(topic = %partition.topic, partition = partition.index, error = %e, "retention failed"),
+                Ok(deleted) => {
+                    info!(topic = %partition.topic, partition = partition.index, deleted, "retention deleted segments")
+                }
+                Err(e) => {
+                    warn!(topic = %partition.topic, partition = partition.index, error = %e, "retention failed")
+                }
             }
         }
     }
@@ -285,7 +308,10 @@ impl ReplicaManager {
         for (_, partition) in drained {
             match Arc::try_unwrap(partition) {
                 Ok(partition) => {
-                    let state = partition.state.into_inner().unwrap_or_else(|p| p.into_inner());
+                    let state = partition
+                        .state
+                        .into_inner()
+                        .unwrap_or_else(|p| p.into_inner());
                     if let Err(e) = state.log.close() {
                         warn!(error = %e, "closing a log failed");
                     }
@@ -306,14 +332,18 @@ impl Publisher for ReplicaManager {
             self.remove_replica(name, *index);
         }
         for (topic_id, index) in &changes.updated {
-            if let Some(reg) = image.topic_by_id(topic_id).and_then(|t| t.partitions.get(index)) {
+            if let Some(reg) = image
+                .topic_by_id(topic_id)
+                .and_then(|t| t.partitions.get(index))
+            {
                 self.become_replica(image, *topic_id, *index, reg);
             }
         }
         // Topic config changes reach the logs they govern.
         if !Arc::ptr_eq(&delta.base().configs, &image.configs) {
             for partition in self.partitions() {
-                let config = effective_log_config(&self.log_defaults, image.topic_config(&partition.topic));
+                let config =
+                    effective_log_config(&self.log_defaults, image.topic_config(&partition.topic));
                 partition.state().log.set_config(config);
             }
         }

@@ -107,7 +107,9 @@ async fn read_exact_or_truncated(
 ) -> Result<(), ConnectionError> {
     match reader.read_exact(buf).await {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnectionError::TruncatedFrame),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(ConnectionError::TruncatedFrame)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -136,7 +138,9 @@ async fn handle_frame(
         // ApiVersions answers any version, so clients can learn what we speak.
         if api_key == ApiKey::ApiVersions && !handlers::supports(api_key, api_version) {
             let body = handlers::api_versions_unsupported();
-            return Ok(Some(encode_response(api_key, 0, correlation_id, |buf| body.encode(buf, 0))?));
+            return Ok(Some(encode_response(api_key, 0, correlation_id, |buf| {
+                body.encode(buf, 0)
+            })?));
         }
         if !handlers::supports(api_key, api_version) {
             return Err(ConnectionError::BadRequest(format!(
@@ -152,15 +156,23 @@ async fn handle_frame(
         let started = Instant::now();
         let reply = handlers::dispatch(broker, &header, api_key, frame)
             .await
-            .map_err(|e| ConnectionError::BadRequest(format!("malformed {api_key:?} v{api_version} request: {e:#}")))?;
+            .map_err(|e| {
+                ConnectionError::BadRequest(format!(
+                    "malformed {api_key:?} v{api_version} request: {e:#}"
+                ))
+            })?;
         let api = format!("{api_key:?}");
         metrics::counter!("sluice_requests_total", "api" => api.clone()).increment(1);
-        metrics::histogram!("sluice_request_duration_seconds", "api" => api).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("sluice_request_duration_seconds", "api" => api)
+            .record(started.elapsed().as_secs_f64());
         match reply {
             Reply::None => Ok(None),
-            Reply::Response(response) => Ok(Some(encode_response(api_key, api_version, correlation_id, |buf| {
-                response.encode(buf, api_version)
-            })?)),
+            Reply::Response(response) => Ok(Some(encode_response(
+                api_key,
+                api_version,
+                correlation_id,
+                |buf| response.encode(buf, api_version),
+            )?)),
         }
     }
     .instrument(span)
@@ -178,8 +190,12 @@ fn encode_response(
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header
         .encode(&mut buf, api_key.response_header_version(api_version))
-        .map_err(|e| ConnectionError::BadRequest(format!("cannot encode response header: {e:#}")))?;
-    encode_body(&mut buf).map_err(|e| ConnectionError::BadRequest(format!("cannot encode {api_key:?} response: {e:#}")))?;
+        .map_err(|e| {
+            ConnectionError::BadRequest(format!("cannot encode response header: {e:#}"))
+        })?;
+    encode_body(&mut buf).map_err(|e| {
+        ConnectionError::BadRequest(format!("cannot encode {api_key:?} response: {e:#}"))
+    })?;
     let size = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&size.to_be_bytes());
     let _ = buf.remaining();

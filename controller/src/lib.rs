@@ -1,1 +1,11 @@
+//! The control plane of Sluice: the Raft-replicated metadata quorum and the
+//! active-controller logic that turns admin and broker requests into
+//! metadata records.
 
+mod controller;
+pub mod ops;
+pub mod placement;
+pub mod quorum;
+
+pub use controller::{Controller, ControllerConfig, StartError};
+pub use ops::TopicDefaults;

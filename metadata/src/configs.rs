@@ -4,11 +4,18 @@
 /// How a topic config's value is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigType {
-    Long { min: i64 },
-    Int { min: i64 },
+    Long {
+        min: i64,
+    },
+    Int {
+        min: i64,
+    },
     Boolean,
     /// One of a fixed set of words (comma-separated lists allowed when `list`).
-    Choice { options: &'static [&'static str], list: bool },
+    Choice {
+        options: &'static [&'static str],
+        list: bool,
+    },
     Double,
 }
 
@@ -39,27 +46,141 @@ const fn def(
 const COMPRESSION: &[&str] = &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"];
 
 pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
-    def("cleanup.policy", "log.cleanup.policy", "delete", ConfigType::Choice { options: &["delete", "compact"], list: true }),
-    def("compression.type", "compression.type", "producer", ConfigType::Choice { options: COMPRESSION, list: false }),
-    def("delete.retention.ms", "log.cleaner.delete.retention.ms", "86400000", ConfigType::Long { min: 0 }),
-    def("file.delete.delay.ms", "log.segment.delete.delay.ms", "60000", ConfigType::Long { min: 0 }),
-    def("flush.messages", "log.flush.interval.messages", "9223372036854775807", ConfigType::Long { min: 1 }),
-    def("flush.ms", "log.flush.interval.ms", "9223372036854775807", ConfigType::Long { min: 0 }),
-    def("index.interval.bytes", "log.index.interval.bytes", "4096", ConfigType::Int { min: 0 }),
-    def("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms", "9223372036854775807", ConfigType::Long { min: 1 }),
-    def("max.message.bytes", "message.max.bytes", "1048588", ConfigType::Int { min: 0 }),
-    def("message.timestamp.type", "log.message.timestamp.type", "CreateTime", ConfigType::Choice { options: &["CreateTime", "LogAppendTime"], list: false }),
-    def("min.cleanable.dirty.ratio", "log.cleaner.min.cleanable.ratio", "0.5", ConfigType::Double),
-    def("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms", "0", ConfigType::Long { min: 0 }),
-    def("min.insync.replicas", "min.insync.replicas", "1", ConfigType::Int { min: 1 }),
-    def("preallocate", "log.preallocate", "false", ConfigType::Boolean),
-    def("retention.bytes", "log.retention.bytes", "-1", ConfigType::Long { min: -1 }),
-    def("retention.ms", "log.retention.ms", "604800000", ConfigType::Long { min: -1 }),
-    def("segment.bytes", "log.segment.bytes", "1073741824", ConfigType::Int { min: 14 }),
-    def("segment.index.bytes", "log.index.size.max.bytes", "10485760", ConfigType::Int { min: 4 }),
-    def("segment.jitter.ms", "log.roll.jitter.ms", "0", ConfigType::Long { min: 0 }),
-    def("segment.ms", "log.roll.ms", "604800000", ConfigType::Long { min: 1 }),
-    def("unclean.leader.election.enable", "unclean.leader.election.enable", "false", ConfigType::Boolean),
+    def(
+        "cleanup.policy",
+        "log.cleanup.policy",
+        "delete",
+        ConfigType::Choice {
+            options: &["delete", "compact"],
+            list: true,
+        },
+    ),
+    def(
+        "compression.type",
+        "compression.type",
+        "producer",
+        ConfigType::Choice {
+            options: COMPRESSION,
+            list: false,
+        },
+    ),
+    def(
+        "delete.retention.ms",
+        "log.cleaner.delete.retention.ms",
+        "86400000",
+        ConfigType::Long { min: 0 },
+    ),
+    def(
+        "file.delete.delay.ms",
+        "log.segment.delete.delay.ms",
+        "60000",
+        ConfigType::Long { min: 0 },
+    ),
+    def(
+        "flush.messages",
+        "log.flush.interval.messages",
+        "9223372036854775807",
+        ConfigType::Long { min: 1 },
+    ),
+    def(
+        "flush.ms",
+        "log.flush.interval.ms",
+        "9223372036854775807",
+        ConfigType::Long { min: 0 },
+    ),
+    def(
+        "index.interval.bytes",
+        "log.index.interval.bytes",
+        "4096",
+        ConfigType::Int { min: 0 },
+    ),
+    def(
+        "max.compaction.lag.ms",
+        "log.cleaner.max.compaction.lag.ms",
+        "9223372036854775807",
+        ConfigType::Long { min: 1 },
+    ),
+    def(
+        "max.message.bytes",
+        "message.max.bytes",
+        "1048588",
+        ConfigType::Int { min: 0 },
+    ),
+    def(
+        "message.timestamp.type",
+        "log.message.timestamp.type",
+        "CreateTime",
+        ConfigType::Choice {
+            options: &["CreateTime", "LogAppendTime"],
+            list: false,
+        },
+    ),
+    def(
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+        "0.5",
+        ConfigType::Double,
+    ),
+    def(
+        "min.compaction.lag.ms",
+        "log.cleaner.min.compaction.lag.ms",
+        "0",
+        ConfigType::Long { min: 0 },
+    ),
+    def(
+        "min.insync.replicas",
+        "min.insync.replicas",
+        "1",
+        ConfigType::Int { min: 1 },
+    ),
+    def(
+        "preallocate",
+        "log.preallocate",
+        "false",
+        ConfigType::Boolean,
+    ),
+    def(
+        "retention.bytes",
+        "log.retention.bytes",
+        "-1",
+        ConfigType::Long { min: -1 },
+    ),
+    def(
+        "retention.ms",
+        "log.retention.ms",
+        "604800000",
+        ConfigType::Long { min: -1 },
+    ),
+    def(
+        "segment.bytes",
+        "log.segment.bytes",
+        "1073741824",
+        ConfigType::Int { min: 14 },
+    ),
+    def(
+        "segment.index.bytes",
+        "log.index.size.max.bytes",
+        "10485760",
+        ConfigType::Int { min: 4 },
+    ),
+    def(
+        "segment.jitter.ms",
+        "log.roll.jitter.ms",
+        "0",
+        ConfigType::Long { min: 0 },
+    ),
+    def(
+        "segment.ms",
+        "log.roll.ms",
+        "604800000",
+        ConfigType::Long { min: 1 },
+    ),
+    def(
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+        "false",
+        ConfigType::Boolean,
+    ),
 ];
 
 pub fn topic_config_def(name: &str) -> Option<&'static TopicConfigDef> {
@@ -73,13 +194,16 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
     match def.kind {
         ConfigType::Long { min } | ConfigType::Int { min } => {
             let parsed: i64 = value.trim().parse().map_err(|_| bad())?;
-            let in_int = matches!(def.kind, ConfigType::Long { .. }) || i32::try_from(parsed).is_ok();
+            let in_int =
+                matches!(def.kind, ConfigType::Long { .. }) || i32::try_from(parsed).is_ok();
             if parsed < min || !in_int {
                 return Err(format!("{}: value must be at least {min}", bad()));
             }
         }
         ConfigType::Boolean => {
-            if !value.trim().eq_ignore_ascii_case("true") && !value.trim().eq_ignore_ascii_case("false") {
+            if !value.trim().eq_ignore_ascii_case("true")
+                && !value.trim().eq_ignore_ascii_case("false")
+            {
                 return Err(bad());
             }
         }
@@ -87,7 +211,11 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
             value.trim().parse::<f64>().map_err(|_| bad())?;
         }
         ConfigType::Choice { options, list } => {
-            let words: Vec<&str> = if list { value.split(',').map(str::trim).collect() } else { vec![value.trim()] };
+            let words: Vec<&str> = if list {
+                value.split(',').map(str::trim).collect()
+            } else {
+                vec![value.trim()]
+            };
             if words.is_empty() || words.iter().any(|w| !options.contains(w)) {
                 return Err(format!("{}: expected one of {}", bad(), options.join(", ")));
             }
@@ -105,9 +233,14 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err("Topic name cannot be \".\" or \"..\"".into());
     }
     if name.len() > 249 {
-        return Err(format!("Topic name is illegal, it can't be longer than 249 characters, topic name: {name}"));
+        return Err(format!(
+            "Topic name is illegal, it can't be longer than 249 characters, topic name: {name}"
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(format!(
             "Topic name {name} is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-' (found {c:?})"
         ));

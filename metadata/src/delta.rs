@@ -312,7 +312,11 @@ mod tests {
         records
     }
 
-    fn apply(base: &Arc<MetadataImage>, records: &[MetadataRecord], offset: u64) -> Arc<MetadataImage> {
+    fn apply(
+        base: &Arc<MetadataImage>,
+        records: &[MetadataRecord],
+        offset: u64,
+    ) -> Arc<MetadataImage> {
         let mut delta = MetadataDelta::new(base.clone());
         delta.replay_all(records).unwrap();
         delta.apply(offset)
@@ -339,7 +343,9 @@ mod tests {
         // Removing a reuses nothing of it, keeps b by reference, and drops its configs.
         let mut delta = MetadataDelta::new(image.clone());
         delta
-            .replay(&MetadataRecord::RemoveTopic(RemoveTopicRecord { topic_id: a }))
+            .replay(&MetadataRecord::RemoveTopic(RemoveTopicRecord {
+                topic_id: a,
+            }))
             .unwrap();
         let changes = delta.local_changes(1);
         assert_eq!(changes.removed.len(), 3);
@@ -385,7 +391,10 @@ mod tests {
             leader_epoch: 0,
             partition_epoch: 0,
         });
-        assert!(matches!(delta.replay(&orphan), Err(ReplayError::UnknownTopicId(_))));
+        assert!(matches!(
+            delta.replay(&orphan),
+            Err(ReplayError::UnknownTopicId(_))
+        ));
         let mut records = topic("a", Uuid::new_v4(), 1, vec![1]);
         records.extend(topic("a", Uuid::new_v4(), 1, vec![1]));
         let mut delta = MetadataDelta::new(MetadataImage::empty());
@@ -418,7 +427,11 @@ mod tests {
         let image = apply(&MetadataImage::empty(), &records, 9);
 
         // Loading a snapshot over an unrelated image removes what it lacks.
-        let stale = apply(&MetadataImage::empty(), &topic("old", Uuid::new_v4(), 1, vec![1]), 3);
+        let stale = apply(
+            &MetadataImage::empty(),
+            &topic("old", Uuid::new_v4(), 1, vec![1]),
+            3,
+        );
         let mut delta = MetadataDelta::for_snapshot(stale);
         delta.replay_all(&image.to_records()).unwrap();
         assert_eq!(delta.local_changes(1).removed.len(), 1);

@@ -13,8 +13,8 @@ pub mod loader;
 mod records;
 
 pub use delta::{LocalChanges, MetadataDelta, ReplayError};
-pub use loader::{LoadError, MetadataLoader, Publisher};
 pub use image::{BrokerRegistration, MetadataImage, PartitionRegistration, TopicImage};
+pub use loader::{LoadError, MetadataLoader, Publisher};
 pub use records::{
     decode_batch, encode_batch, BrokerRecord, ConfigRecord, ConfigResource, Endpoint,
     MetadataRecord, PartitionRecord, ProducerIdsRecord, RecordDecodeError, RemoveTopicRecord,

@@ -107,13 +107,21 @@ mod tests {
         let seen = Arc::new(Seen::default());
         let mut loader = MetadataLoader::new(vec![seen.clone()]);
         let id = Uuid::new_v4();
-        let topic = MetadataRecord::Topic(TopicRecord { name: "t".into(), topic_id: id });
+        let topic = MetadataRecord::Topic(TopicRecord {
+            name: "t".into(),
+            topic_id: id,
+        });
         loader.load_entry(1, &encode_batch(&[topic])).unwrap();
 
         // The second record of this batch is bad, so the first must not show.
         let bad = [
-            MetadataRecord::Topic(TopicRecord { name: "u".into(), topic_id: Uuid::new_v4() }),
-            MetadataRecord::RemoveTopic(RemoveTopicRecord { topic_id: Uuid::new_v4() }),
+            MetadataRecord::Topic(TopicRecord {
+                name: "u".into(),
+                topic_id: Uuid::new_v4(),
+            }),
+            MetadataRecord::RemoveTopic(RemoveTopicRecord {
+                topic_id: Uuid::new_v4(),
+            }),
         ];
         assert!(loader.load_entry(2, &encode_batch(&bad)).is_err());
         assert!(loader.load_entry(3, b"not json").is_err());

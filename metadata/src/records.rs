@@ -157,7 +157,10 @@ mod tests {
         let records = decode_batch(old).unwrap();
         assert!(matches!(&records[0], MetadataRecord::Broker(b) if b.rack.is_none() && !b.fenced));
         let newer = br#"{"v":9,"records":[]}"#;
-        assert!(matches!(decode_batch(newer), Err(RecordDecodeError::UnknownVersion(9))));
+        assert!(matches!(
+            decode_batch(newer),
+            Err(RecordDecodeError::UnknownVersion(9))
+        ));
         assert!(decode_batch(b"\x00garbage").is_err());
     }
 }

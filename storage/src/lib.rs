@@ -16,4 +16,5 @@ pub mod segment;
 pub use error::StorageError;
 pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult};
 
-#[cfg(feature = "raft-store")] pub mod raft_store;
+#[cfg(feature = "raft-store")]
+pub mod raft_store;

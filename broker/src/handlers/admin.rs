@@ -6,8 +6,9 @@ use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{
-    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, TopicName,
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -22,7 +23,11 @@ fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
 
-pub async fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub async fn create_topics(
+    broker: &Broker,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
     let mut invalid = Vec::new();
     let mut topics = Vec::with_capacity(request.topics.len());
     for t in &request.topics {
@@ -30,7 +35,10 @@ pub async fn create_topics(broker: &Broker, request: CreateTopicsRequest, versio
         for c in &t.configs {
             match &c.value {
                 Some(v) => configs.push((c.name.to_string(), v.to_string())),
-                None => invalid.push((t.name.0.to_string(), format!("Null value not supported for topic configs: {}", c.name))),
+                None => invalid.push((
+                    t.name.0.to_string(),
+                    format!("Null value not supported for topic configs: {}", c.name),
+                )),
             }
         }
         topics.push(NewTopic {
@@ -40,15 +48,24 @@ pub async fn create_topics(broker: &Broker, request: CreateTopicsRequest, versio
             assignments: t
                 .assignments
                 .iter()
-                .map(|a| (a.partition_index, a.broker_ids.iter().map(|b| b.0).collect()))
+                .map(|a| {
+                    (
+                        a.partition_index,
+                        a.broker_ids.iter().map(|b| b.0).collect(),
+                    )
+                })
                 .collect(),
             configs,
         });
     }
-    let (to_send, rejected): (Vec<NewTopic>, Vec<NewTopic>) =
-        topics.into_iter().partition(|t| !invalid.iter().any(|(name, _)| *name == t.name));
+    let (to_send, rejected): (Vec<NewTopic>, Vec<NewTopic>) = topics
+        .into_iter()
+        .partition(|t| !invalid.iter().any(|(name, _)| *name == t.name));
     let names: Vec<String> = to_send.iter().map(|t| t.name.clone()).collect();
-    let results = broker.controller.create_topics(to_send, request.validate_only).await;
+    let results = broker
+        .controller
+        .create_topics(to_send, request.validate_only)
+        .await;
 
     let image = broker.replicas.image();
     let mut responses: Vec<CreatableTopicResult> = names
@@ -63,7 +80,11 @@ pub async fn create_topics(broker: &Broker, request: CreateTopicsRequest, versio
                         .with_num_partitions(created.num_partitions)
                         .with_replication_factor(created.replication_factor);
                     if version >= 5 {
-                        let dynamic = if request.validate_only { None } else { image.topic_config(&name) };
+                        let dynamic = if request.validate_only {
+                            None
+                        } else {
+                            image.topic_config(&name)
+                        };
                         let configs = topic_config_entries(broker, dynamic, None)
                             .into_iter()
                             .map(|e| e.into_created())
@@ -98,7 +119,11 @@ pub async fn create_topics(broker: &Broker, request: CreateTopicsRequest, versio
     CreateTopicsResponse::default().with_topics(responses)
 }
 
-pub async fn delete_topics(broker: &Broker, request: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub async fn delete_topics(
+    broker: &Broker,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     let refs: Vec<TopicRef> = if version >= 6 {
         request
             .topics
@@ -109,7 +134,11 @@ pub async fn delete_topics(broker: &Broker, request: DeleteTopicsRequest, versio
             })
             .collect()
     } else {
-        request.topic_names.iter().map(|n| TopicRef::Name(n.0.to_string())).collect()
+        request
+            .topic_names
+            .iter()
+            .map(|n| TopicRef::Name(n.0.to_string()))
+            .collect()
     };
     let results = broker.controller.delete_topics(refs.clone()).await;
     let responses = refs
@@ -135,20 +164,27 @@ pub async fn delete_topics(broker: &Broker, request: DeleteTopicsRequest, versio
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub async fn create_partitions(broker: &Broker, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub async fn create_partitions(
+    broker: &Broker,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let requests: Vec<NewPartitions> = request
         .topics
         .iter()
         .map(|t| NewPartitions {
             topic: t.name.0.to_string(),
             count: t.count,
-            assignments: t
-                .assignments
-                .as_ref()
-                .map(|a| a.iter().map(|r| r.broker_ids.iter().map(|b| b.0).collect()).collect()),
+            assignments: t.assignments.as_ref().map(|a| {
+                a.iter()
+                    .map(|r| r.broker_ids.iter().map(|b| b.0).collect())
+                    .collect()
+            }),
         })
         .collect();
-    let results = broker.controller.create_partitions(requests, request.validate_only).await;
+    let results = broker
+        .controller
+        .create_partitions(requests, request.validate_only)
+        .await;
     let responses = request
         .topics
         .iter()
@@ -166,7 +202,11 @@ pub async fn create_partitions(broker: &Broker, request: CreatePartitionsRequest
     CreatePartitionsResponse::default().with_results(responses)
 }
 
-pub fn describe_cluster(broker: &Broker, request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn describe_cluster(
+    broker: &Broker,
+    request: DescribeClusterRequest,
+    _version: i16,
+) -> DescribeClusterResponse {
     let image = broker.replicas.image();
     let brokers = image
         .brokers
@@ -186,8 +226,8 @@ pub fn describe_cluster(broker: &Broker, request: DescribeClusterRequest) -> Des
         .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(broker.config.cluster_id.clone()))
-        .with_controller_id(BrokerId(broker.controller.active_controller_id().unwrap_or(-1)))
+        .with_controller_id(BrokerId(
+            broker.controller.active_controller_id().unwrap_or(-1),
+        ))
         .with_brokers(brokers)
-        .with_endpoint_type(1)
 }
-

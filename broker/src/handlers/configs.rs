@@ -10,8 +10,9 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{
-    incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -105,9 +106,17 @@ pub fn topic_config_entries(
                 synonyms.push((def.name.to_string(), v.clone(), DYNAMIC_TOPIC_CONFIG));
             }
             match broker.config.settings.get(def.broker_key) {
-                Some((v, true)) => synonyms.push((def.broker_key.to_string(), v.clone(), STATIC_BROKER_CONFIG)),
-                Some((v, false)) => synonyms.push((def.broker_key.to_string(), v.clone(), DEFAULT_CONFIG)),
-                None => synonyms.push((def.broker_key.to_string(), def.default.to_string(), DEFAULT_CONFIG)),
+                Some((v, true)) => {
+                    synonyms.push((def.broker_key.to_string(), v.clone(), STATIC_BROKER_CONFIG))
+                }
+                Some((v, false)) => {
+                    synonyms.push((def.broker_key.to_string(), v.clone(), DEFAULT_CONFIG))
+                }
+                None => synonyms.push((
+                    def.broker_key.to_string(),
+                    def.default.to_string(),
+                    DEFAULT_CONFIG,
+                )),
             }
             let (value, source) = (synonyms[0].1.clone(), synonyms[0].2);
             ConfigEntry {
@@ -128,7 +137,11 @@ fn broker_config_entries(broker: &Broker, keys: Option<&[String]>) -> Vec<Config
         .iter()
         .filter(|(name, _)| keys.is_none_or(|keys| keys.contains(name)))
         .map(|(name, (value, explicit))| {
-            let source = if *explicit { STATIC_BROKER_CONFIG } else { DEFAULT_CONFIG };
+            let source = if *explicit {
+                STATIC_BROKER_CONFIG
+            } else {
+                DEFAULT_CONFIG
+            };
             ConfigEntry {
                 name: name.clone(),
                 value: value.clone(),
@@ -140,7 +153,11 @@ fn broker_config_entries(broker: &Broker, keys: Option<&[String]>) -> Vec<Config
         .collect()
 }
 
-pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest, _version: i16) -> DescribeConfigsResponse {
+pub fn describe_configs(
+    broker: &Broker,
+    request: DescribeConfigsRequest,
+    _version: i16,
+) -> DescribeConfigsResponse {
     let image = broker.replicas.image();
     let results = request
         .resources
@@ -156,23 +173,44 @@ pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest, _versi
                 .with_resource_name(resource.resource_name.clone());
             let entries = match resource.resource_type {
                 RESOURCE_TOPIC => match image.topic(&name) {
-                    Some(_) => Ok(topic_config_entries(broker, image.topic_config(&name), keys.as_deref())),
-                    None => Err((ResponseError::UnknownTopicOrPartition, format!("Topic {name} does not exist"))),
+                    Some(_) => Ok(topic_config_entries(
+                        broker,
+                        image.topic_config(&name),
+                        keys.as_deref(),
+                    )),
+                    None => Err((
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("Topic {name} does not exist"),
+                    )),
                 },
                 RESOURCE_BROKER => {
                     if name.is_empty() || name == broker.config.node_id.to_string() {
                         Ok(broker_config_entries(broker, keys.as_deref()))
                     } else {
-                        Err((ResponseError::InvalidRequest, format!("Unexpected broker id, expected {} but received {name}", broker.config.node_id)))
+                        Err((
+                            ResponseError::InvalidRequest,
+                            format!(
+                                "Unexpected broker id, expected {} but received {name}",
+                                broker.config.node_id
+                            ),
+                        ))
                     }
                 }
-                other => Err((ResponseError::InvalidRequest, format!("Unsupported resource type {other}"))),
+                other => Err((
+                    ResponseError::InvalidRequest,
+                    format!("Unsupported resource type {other}"),
+                )),
             };
             match entries {
                 Ok(entries) => result.with_configs(
-                    entries.into_iter().map(|e| e.into_described(request.include_synonyms)).collect(),
+                    entries
+                        .into_iter()
+                        .map(|e| e.into_described(request.include_synonyms))
+                        .collect(),
                 ),
-                Err((error, text)) => result.with_error_code(error.code()).with_error_message(message(text)),
+                Err((error, text)) => result
+                    .with_error_code(error.code())
+                    .with_error_message(message(text)),
             }
         })
         .collect();
@@ -187,7 +225,9 @@ fn resource_of(resource_type: i8, name: &str) -> Result<ConfigResource, Controll
             .parse()
             .map(|id| ConfigResource::Broker(Some(id)))
             .map_err(|_| ControllerError::InvalidRequest(format!("Invalid broker id {name}"))),
-        other => Err(ControllerError::InvalidRequest(format!("Unsupported resource type {other}"))),
+        other => Err(ControllerError::InvalidRequest(format!(
+            "Unsupported resource type {other}"
+        ))),
     }
 }
 
@@ -198,18 +238,31 @@ async fn alter(
     planned: Vec<Result<(ConfigResource, Vec<ConfigChange>), ControllerError>>,
     validate_only: bool,
 ) -> Vec<Result<(), ControllerError>> {
-    let valid: Vec<_> = planned.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
-    let mut answers = broker.controller.alter_configs(valid, validate_only).await.into_iter();
+    let valid: Vec<_> = planned
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
+    let mut answers = broker
+        .controller
+        .alter_configs(valid, validate_only)
+        .await
+        .into_iter();
     planned
         .into_iter()
         .map(|p| match p {
-            Ok(_) => answers.next().unwrap_or(Err(ControllerError::Internal("missing answer".into()))),
+            Ok(_) => answers
+                .next()
+                .unwrap_or(Err(ControllerError::Internal("missing answer".into()))),
             Err(e) => Err(e),
         })
         .collect()
 }
 
-fn alter_response(resource_type: i8, name: &StrBytes, result: Result<(), ControllerError>) -> incremental_alter_configs_response::AlterConfigsResourceResponse {
+fn alter_response(
+    resource_type: i8,
+    name: &StrBytes,
+    result: Result<(), ControllerError>,
+) -> incremental_alter_configs_response::AlterConfigsResourceResponse {
     let response = incremental_alter_configs_response::AlterConfigsResourceResponse::default()
         .with_resource_type(resource_type)
         .with_resource_name(name.clone());
@@ -221,7 +274,10 @@ fn alter_response(resource_type: i8, name: &StrBytes, result: Result<(), Control
     }
 }
 
-pub async fn incremental_alter_configs(broker: &Broker, request: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
+pub async fn incremental_alter_configs(
+    broker: &Broker,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
     const SET: i8 = 0;
     const DELETE: i8 = 1;
     let planned = request
@@ -237,7 +293,10 @@ pub async fn incremental_alter_configs(broker: &Broker, request: IncrementalAlte
                         name: c.name.to_string(),
                         value: c.value.as_ref().map(|v| v.to_string()),
                     }),
-                    DELETE => Ok(ConfigChange { name: c.name.to_string(), value: None }),
+                    DELETE => Ok(ConfigChange {
+                        name: c.name.to_string(),
+                        value: None,
+                    }),
                     _ => Err(ControllerError::InvalidRequest(format!(
                         "Config operation {} on {} is not supported (only SET and DELETE)",
                         c.config_operation, c.name
@@ -272,7 +331,10 @@ pub async fn alter_configs(broker: &Broker, request: AlterConfigsRequest) -> Alt
                     current
                         .keys()
                         .filter(|k| !r.configs.iter().any(|c| c.name.as_str() == k.as_str()))
-                        .map(|k| ConfigChange { name: k.clone(), value: None })
+                        .map(|k| ConfigChange {
+                            name: k.clone(),
+                            value: None,
+                        })
                         .collect()
                 })
                 .unwrap_or_default();

@@ -65,7 +65,8 @@ fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResp
             };
             let Some(partition) = broker.replicas.partition(name, p.partition) else {
                 any_error = true;
-                partitions.push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                partitions
+                    .push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
                 continue;
             };
             let state = partition.state();
@@ -91,7 +92,11 @@ fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResp
                 .with_log_start_offset(state.log.log_start_offset());
             // The first partition with data is served even past the budget
             // (one whole batch), so a large message never blocks a consumer.
-            let limit = (p.partition_max_bytes.max(0) as usize).min(if total == 0 { usize::MAX } else { budget });
+            let limit = (p.partition_max_bytes.max(0) as usize).min(if total == 0 {
+                usize::MAX
+            } else {
+                budget
+            });
             if limit == 0 {
                 partitions.push(data.with_records(Some(Bytes::new())));
                 continue;
@@ -117,5 +122,9 @@ fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResp
         );
     }
     metrics::counter!("sluice_fetch_bytes_total").increment(total as u64);
-    (FetchResponse::default().with_responses(topics), total, any_error)
+    (
+        FetchResponse::default().with_responses(topics),
+        total,
+        any_error,
+    )
 }

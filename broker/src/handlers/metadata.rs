@@ -25,7 +25,8 @@ pub async fn metadata(broker: &Broker, request: MetadataRequest, version: i16) -
                 .collect(),
         ),
     };
-    let auto_create = broker.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    let auto_create =
+        broker.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
 
     let mut created_errors = Vec::new();
     if let Some(requested) = &requested {
@@ -60,7 +61,11 @@ pub async fn metadata(broker: &Broker, request: MetadataRequest, version: i16) -
 
     let image = broker.replicas.image();
     let topics = match requested {
-        None => image.topics_sorted().into_iter().map(|t| topic_entry(&image, t)).collect(),
+        None => image
+            .topics_sorted()
+            .into_iter()
+            .map(|t| topic_entry(&image, t))
+            .collect(),
         Some(requested) => requested
             .into_iter()
             .map(|(name, id)| match &name {
@@ -104,8 +109,12 @@ pub async fn metadata(broker: &Broker, request: MetadataRequest, version: i16) -
 
     MetadataResponse::default()
         .with_brokers(brokers)
-        .with_cluster_id(Some(StrBytes::from_string(broker.config.cluster_id.clone())))
-        .with_controller_id(BrokerId(broker.controller.active_controller_id().unwrap_or(-1)))
+        .with_cluster_id(Some(StrBytes::from_string(
+            broker.config.cluster_id.clone(),
+        )))
+        .with_controller_id(BrokerId(
+            broker.controller.active_controller_id().unwrap_or(-1),
+        ))
         .with_topics(topics)
 }
 

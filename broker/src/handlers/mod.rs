@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseKind};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseKind,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_metadata::controller_api::ControllerApi;
@@ -116,7 +118,12 @@ pub fn supports(api_key: ApiKey, version: i16) -> bool {
     SUPPORTED.iter().any(|&(key, min, max)| {
         key == api_key
             && version <= max
-            && version >= if key == ApiKey::Produce { MIN_DECODABLE_PRODUCE } else { min }
+            && version
+                >= if key == ApiKey::Produce {
+                    MIN_DECODABLE_PRODUCE
+                } else {
+                    min
+                }
     })
 }
 
@@ -153,26 +160,44 @@ pub async fn dispatch(
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(
             ApiVersionsResponse::default().with_api_keys(api_version_list()),
         ),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, version).await),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(metadata::metadata(broker, r, version).await)
+        }
         RequestKind::Produce(r) => match produce::produce(broker, r, version).await {
             Some(response) => ResponseKind::Produce(response),
             None => return Ok(Reply::None),
         },
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, version).await),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(offsets::list_offsets(broker, r)),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(offsets::list_offsets(broker, r, version))
+        }
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(offsets::offset_for_leader_epoch(broker, r))
         }
-        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(admin::create_topics(broker, r, version).await),
-        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(admin::delete_topics(broker, r, version).await),
-        RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(admin::create_partitions(broker, r).await),
-        RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(admin::describe_cluster(broker, r)),
-        RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(produce::init_producer_id(broker, r).await),
-        RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe_configs(broker, r, version)),
-        RequestKind::IncrementalAlterConfigs(r) => {
-            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(broker, r).await)
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(admin::create_topics(broker, r, version).await)
         }
-        RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter_configs(broker, r).await),
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(admin::delete_topics(broker, r, version).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(admin::create_partitions(broker, r).await)
+        }
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(admin::describe_cluster(broker, r, version))
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(produce::init_producer_id(broker, r).await)
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(configs::describe_configs(broker, r, version))
+        }
+        RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+            configs::incremental_alter_configs(broker, r).await,
+        ),
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(configs::alter_configs(broker, r).await)
+        }
         _ => anyhow::bail!("no handler for {api_key:?}"),
     };
     Ok(Reply::Response(Box::new(response)))

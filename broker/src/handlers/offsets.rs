@@ -1,9 +1,14 @@
 //! ListOffsets and OffsetForLeaderEpoch.
 
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
-use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::{
-    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+    ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse,
 };
 use kafka_protocol::ResponseError;
 
@@ -17,7 +22,13 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
-pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub fn list_offsets(
+    broker: &Broker,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    // The leader epoch is part of the answer from v4 on.
+    let with_epoch = version >= 4;
     let topics = request
         .topics
         .iter()
@@ -26,9 +37,14 @@ pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest) -> ListOffsets
                 .partitions
                 .iter()
                 .map(|p| {
-                    let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
-                    let Some(partition) = broker.replicas.partition(topic.name.0.as_str(), p.partition_index) else {
-                        return response.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    let response = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index);
+                    let Some(partition) = broker
+                        .replicas
+                        .partition(topic.name.0.as_str(), p.partition_index)
+                    else {
+                        return response
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
                     let state = partition.state();
                     if let Some(error) = leader_check(broker, &state, p.current_leader_epoch) {
@@ -38,7 +54,7 @@ pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest) -> ListOffsets
                         Ok((offset, timestamp)) => response
                             .with_offset(offset)
                             .with_timestamp(timestamp)
-                            .with_leader_epoch(state.leader_epoch),
+                            .with_leader_epoch(if with_epoch { state.leader_epoch } else { -1 }),
                         Err(error) => response.with_error_code(error.code()),
                     }
                 })
@@ -63,14 +79,21 @@ fn lookup(state: &PartitionState, timestamp: i64) -> Result<(i64, i64), Response
             None => (-1, -1),
         },
         ts if ts < 0 => return Err(ResponseError::InvalidRequest),
-        ts => match log.offset_for_timestamp(ts).map_err(|e| storage_error(&e))? {
+        ts => match log
+            .offset_for_timestamp(ts)
+            .map_err(|e| storage_error(&e))?
+        {
             Some((offset, found)) if offset < log.high_watermark() => (offset, found),
             _ => (-1, -1),
         },
     })
 }
 
-fn leader_check(broker: &Broker, state: &PartitionState, current_leader_epoch: i32) -> Option<ResponseError> {
+fn leader_check(
+    broker: &Broker,
+    state: &PartitionState,
+    current_leader_epoch: i32,
+) -> Option<ResponseError> {
     if state.leader != broker.config.node_id {
         return Some(ResponseError::NotLeaderOrFollower);
     }
@@ -83,7 +106,10 @@ fn leader_check(broker: &Broker, state: &PartitionState, current_leader_epoch: i
     None
 }
 
-pub fn offset_for_leader_epoch(broker: &Broker, request: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
+pub fn offset_for_leader_epoch(
+    broker: &Broker,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
     let topics = request
         .topics
         .iter()
@@ -96,8 +122,12 @@ pub fn offset_for_leader_epoch(broker: &Broker, request: OffsetForLeaderEpochReq
                         .with_partition(p.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
-                    let Some(partition) = broker.replicas.partition(topic.topic.0.as_str(), p.partition) else {
-                        return response.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    let Some(partition) = broker
+                        .replicas
+                        .partition(topic.topic.0.as_str(), p.partition)
+                    else {
+                        return response
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
                     let state = partition.state();
                     if let Some(error) = leader_check(broker, &state, p.current_leader_epoch) {

@@ -19,7 +19,11 @@ struct Appended {
     result: Result<(i64, i64, i64), (ResponseError, Option<String>)>,
 }
 
-pub async fn produce(broker: &Broker, request: ProduceRequest, _version: i16) -> Option<ProduceResponse> {
+pub async fn produce(
+    broker: &Broker,
+    request: ProduceRequest,
+    _version: i16,
+) -> Option<ProduceResponse> {
     let acks = request.acks;
     if request.transactional_id.is_some() {
         // Transactions need a transaction coordinator Sluice does not have yet.
@@ -73,7 +77,9 @@ pub async fn produce(broker: &Broker, request: ProduceRequest, _version: i16) ->
             let partitions = results
                 .into_iter()
                 .map(|a| {
-                    let late = timed_out.iter().any(|(t, p)| t == name.0.as_str() && *p == a.partition);
+                    let late = timed_out
+                        .iter()
+                        .any(|(t, p)| t == name.0.as_str() && *p == a.partition);
                     let response = PartitionProduceResponse::default().with_index(a.partition);
                     match a.result {
                         Ok(_) if late => response
@@ -108,7 +114,10 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks
         return fail(ResponseError::UnknownTopicOrPartition, None);
     };
     let Some(records) = records else {
-        return fail(ResponseError::InvalidRecord, Some("the request carries no records".into()));
+        return fail(
+            ResponseError::InvalidRecord,
+            Some("the request carries no records".into()),
+        );
     };
     let mut state = partition.state();
     if state.leader != broker.config.node_id {
@@ -130,12 +139,17 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks
     match state.log.append_as_leader(records, epoch, now_ms()) {
         Ok(info) => {
             if !info.duplicate {
-                metrics::counter!("sluice_messages_in_total").increment((info.last_offset - info.base_offset + 1) as u64);
+                metrics::counter!("sluice_messages_in_total")
+                    .increment((info.last_offset - info.base_offset + 1) as u64);
             }
             broker.replicas.update_high_watermark(&mut state);
             Appended {
                 partition: index,
-                result: Ok((info.base_offset, info.last_offset, state.log.log_start_offset())),
+                result: Ok((
+                    info.base_offset,
+                    info.last_offset,
+                    state.log.log_start_offset(),
+                )),
             }
         }
         Err(e) => {
@@ -145,7 +159,13 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks
     }
 }
 
-async fn wait_for_high_watermark(broker: &Broker, topic: &str, index: i32, target: i64, timeout: Duration) -> bool {
+async fn wait_for_high_watermark(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    target: i64,
+    timeout: Duration,
+) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let notified = broker.replicas.appended().notified();
@@ -162,7 +182,11 @@ async fn wait_for_high_watermark(broker: &Broker, topic: &str, index: i32, targe
     }
 }
 
-fn every_partition_fails(request: &ProduceRequest, error: ResponseError, text: &str) -> ProduceResponse {
+fn every_partition_fails(
+    request: &ProduceRequest,
+    error: ResponseError,
+    text: &str,
+) -> ProduceResponse {
     let responses = request
         .topic_data
         .iter()
@@ -187,7 +211,10 @@ fn every_partition_fails(request: &ProduceRequest, error: ResponseError, text: &
     ProduceResponse::default().with_responses(responses)
 }
 
-pub async fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn init_producer_id(
+    broker: &Broker,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     let response = InitProducerIdResponse::default();
     if request.transactional_id.is_some() {
         return response
@@ -197,13 +224,18 @@ pub async fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -
     }
     // KIP-360: an idempotent producer may ask to bump its epoch after an
     // error, keeping its id; a new id once the epoch is exhausted.
-    if request.producer_id.0 >= 0 && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
+    if request.producer_id.0 >= 0
+        && request.producer_epoch >= 0
+        && request.producer_epoch < i16::MAX - 1
+    {
         return response
             .with_producer_id(request.producer_id)
             .with_producer_epoch(request.producer_epoch + 1);
     }
     match broker.next_producer_id().await {
-        Ok(id) => response.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Ok(id) => response
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(0),
         Err(error) => response
             .with_error_code(error.code())
             .with_producer_id(ProducerId(-1))

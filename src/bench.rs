@@ -1,0 +1,346 @@
+//! `sluice bench`: produce and consume through librdkafka against a running
+//! cluster, next to a baseline measured in the same run: the same bytes over
+//! a loopback TCP socket to a sink that only appends them to a file.
+//!
+//! Figures are printed as ratios to the baseline because absolute numbers on
+//! a shared machine mean little.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::client::KafkaClient;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, short = 'b', default_value = "127.0.0.1:9092")]
+    bootstrap_server: String,
+    /// Messages to produce (and then consume).
+    #[arg(long, short = 'n', default_value_t = 1_000_000)]
+    messages: u64,
+    /// Message size in bytes.
+    #[arg(long, short = 's', default_value_t = 100)]
+    size: usize,
+    /// Partitions of the benchmark topic.
+    #[arg(long, short = 'p', default_value_t = 3)]
+    partitions: i32,
+    /// Producer acks: 0, 1 or all.
+    #[arg(long, default_value = "1")]
+    acks: String,
+    /// Producer linger.ms.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Producer compression.type.
+    #[arg(long, default_value = "none")]
+    compression: String,
+}
+
+struct Measured {
+    seconds: f64,
+    messages: u64,
+    bytes: u64,
+}
+
+impl Measured {
+    fn msgs_per_sec(&self) -> f64 {
+        self.messages as f64 / self.seconds
+    }
+    fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / self.seconds / 1e6
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let topic = format!("sluice-bench-{}", std::process::id());
+    create_topic(&args.bootstrap_server, &topic, args.partitions).await?;
+    let total_bytes = args.messages * args.size as u64;
+    println!(
+        "sluice bench: {} messages x {} bytes over {} partitions, acks={}, linger.ms={}, compression={}",
+        args.messages, args.size, args.partitions, args.acks, args.linger_ms, args.compression
+    );
+
+    let bench = tokio::task::spawn_blocking(move || -> Result<()> {
+        let baseline = baseline_sink(total_bytes, args.size)?;
+        let baseline_latency = baseline_round_trip(args.size.max(1) * 1000)?;
+        let (produced, latencies) = produce(&args, &topic)?;
+        let consumed = consume(&args, &topic)?;
+        let pct = |q: f64| percentile(&latencies, q);
+
+        println!();
+        println!(
+            "{:<34} {:>14} {:>10} {:>12}",
+            "", "msgs/s", "MB/s", "vs baseline"
+        );
+        println!(
+            "{:<34} {:>14} {:>10.1} {:>12}",
+            "baseline (TCP sink -> file)",
+            "-",
+            baseline.mb_per_sec(),
+            "1.00"
+        );
+        for (name, m) in [("produce", &produced), ("consume", &consumed)] {
+            println!(
+                "{:<34} {:>14.0} {:>10.1} {:>12.2}",
+                name,
+                m.msgs_per_sec(),
+                m.mb_per_sec(),
+                m.mb_per_sec() / baseline.mb_per_sec()
+            );
+        }
+        println!();
+        println!(
+            "produce latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  (baseline round trip of a {}-byte write: p50 {:.3}  p99 {:.3})",
+            pct(0.50),
+            pct(0.99),
+            pct(0.999),
+            args.size.max(1) * 1000,
+            percentile(&baseline_latency, 0.50),
+            percentile(&baseline_latency, 0.99),
+        );
+        println!(
+            "ratios: produce/baseline throughput {:.2}, consume/produce {:.2}, produce p99 / baseline p99 {:.1}",
+            produced.mb_per_sec() / baseline.mb_per_sec(),
+            consumed.mb_per_sec() / produced.mb_per_sec(),
+            pct(0.99) / percentile(&baseline_latency, 0.99).max(1e-6),
+        );
+        Ok(())
+    });
+    bench.await?
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    let mut client = KafkaClient::connect(bootstrap).await?;
+    let response = client
+        .send(
+            CreateTopicsRequest::default()
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(-1)])
+                .with_timeout_ms(30_000),
+        )
+        .await?;
+    for t in response.topics {
+        if t.error_code != 0 {
+            bail!(
+                "creating {topic}: error {} {:?}",
+                t.error_code,
+                t.error_message
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Streams `total` bytes in message-sized writes (coalesced by a buffer, as a
+/// client batches) to a loopback sink that appends them to a file.
+fn baseline_sink(total: u64, message_size: usize) -> Result<Measured> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let sink = std::thread::spawn(move || -> Result<u64> {
+        let (mut socket, _) = listener.accept()?;
+        let file = tempfile::tempfile()?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut received = 0u64;
+        loop {
+            let n = socket.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buf[..n])?;
+            received += n as u64;
+        }
+        file.flush()?;
+        Ok(received)
+    });
+    let started = Instant::now();
+    let mut stream = std::io::BufWriter::with_capacity(1 << 20, TcpStream::connect(addr)?);
+    let message = vec![b'x'; message_size.max(1)];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(message.len() as u64) as usize;
+        stream.write_all(&message[..n])?;
+        sent += n as u64;
+    }
+    stream.flush()?;
+    drop(stream);
+    let received = sink
+        .join()
+        .map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
+    Ok(Measured {
+        seconds: started.elapsed().as_secs_f64(),
+        messages: total / message_size.max(1) as u64,
+        bytes: received,
+    })
+}
+
+/// Round-trip times of `chunk`-byte writes that the sink appends to a file
+/// and acknowledges with one byte: the floor under a produce round trip.
+fn baseline_round_trip(chunk: usize) -> Result<Vec<f64>> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let rounds = 2000;
+    let sink = std::thread::spawn(move || -> Result<()> {
+        let (mut socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        let mut file = tempfile::tempfile()?;
+        let mut buf = vec![0u8; chunk];
+        for _ in 0..rounds {
+            socket.read_exact(&mut buf)?;
+            file.write_all(&buf)?;
+            socket.write_all(&[1])?;
+        }
+        Ok(())
+    });
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let data = vec![b'y'; chunk];
+    let mut ack = [0u8; 1];
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        stream.write_all(&data)?;
+        stream.read_exact(&mut ack)?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    sink.join()
+        .map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+struct LatencyContext {
+    latencies_us: Mutex<Vec<u32>>,
+    failed: AtomicU64,
+}
+
+impl ClientContext for LatencyContext {}
+
+impl ProducerContext for LatencyContext {
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        if let Ok(mut l) = self.latencies_us.lock() {
+            l.push(us);
+        }
+    }
+}
+
+fn produce(args: &BenchArgs, topic: &str) -> Result<(Measured, Vec<f64>)> {
+    let context = LatencyContext {
+        latencies_us: Mutex::new(Vec::with_capacity(args.messages as usize)),
+        failed: AtomicU64::new(0),
+    };
+    let producer: ThreadedProducer<LatencyContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap_server)
+        .set("acks", &args.acks)
+        .set("linger.ms", args.linger_ms.to_string())
+        .set("compression.type", &args.compression)
+        .set("queue.buffering.max.messages", "1000000")
+        .create_with_context(context)
+        .context("creating the producer")?;
+    let payload = vec![b'p'; args.size];
+    let started = Instant::now();
+    for _ in 0..args.messages {
+        let mut record =
+            BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(topic, Box::new(Instant::now()))
+                .payload(&payload[..]);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err((e, _)) => bail!("produce failed: {e}"),
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .context("flushing the producer")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} messages were not delivered");
+    }
+    let mut latencies: Vec<f64> = producer
+        .context()
+        .latencies_us
+        .lock()
+        .map_err(|_| anyhow::anyhow!("latency lock poisoned"))?
+        .iter()
+        .map(|&us| us as f64 / 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok((
+        Measured {
+            seconds,
+            messages: args.messages,
+            bytes: args.messages * args.size as u64,
+        },
+        latencies,
+    ))
+}
+
+fn consume(args: &BenchArgs, topic: &str) -> Result<Measured> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap_server)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..args.partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    while messages < args.messages {
+        if Instant::now() > deadline {
+            bail!(
+                "consumed only {messages} of {} messages in 10 minutes",
+                args.messages
+            );
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            messages += 1;
+            bytes += m.payload_len() as u64;
+        }
+    }
+    Ok(Measured {
+        seconds: started.elapsed().as_secs_f64(),
+        messages,
+        bytes,
+    })
+}
+
+/// The q-quantile of sorted values.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}

@@ -1,0 +1,220 @@
+//! Server settings: Kafka's names and defaults, read from an optional TOML
+//! file, then `SLUICE_*` environment variables, then `--set key=value` flags
+//! (each later source wins).
+//!
+//! In the TOML file a dotted key may be written flat (`"log.dirs" = "..."`)
+//! or as TOML tables (`log.dirs = "..."`); both mean the same setting.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// Every setting the server reads, with its default.
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("node.id", "1"),
+    ("process.roles", "broker,controller"),
+    ("listeners", "PLAINTEXT://127.0.0.1:9092"),
+    ("advertised.listeners", ""),
+    ("log.dirs", "./sluice-data"),
+    ("metadata.log.dir", ""),
+    ("num.partitions", "1"),
+    ("default.replication.factor", "1"),
+    ("min.insync.replicas", "1"),
+    ("auto.create.topics.enable", "true"),
+    ("log.retention.ms", "604800000"),
+    ("log.retention.bytes", "-1"),
+    ("log.retention.check.interval.ms", "300000"),
+    ("log.segment.bytes", "1073741824"),
+    ("log.roll.ms", "604800000"),
+    ("log.index.interval.bytes", "4096"),
+    ("message.max.bytes", "1048588"),
+    ("socket.request.max.bytes", "104857600"),
+    ("max.connections", "10000"),
+    ("replica.high.watermark.checkpoint.interval.ms", "5000"),
+    ("metadata.snapshot.max.records", "20000"),
+    ("metrics.listen", "127.0.0.1:9464"),
+];
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    values: BTreeMap<String, String>,
+    explicit: BTreeMap<String, bool>,
+}
+
+impl Settings {
+    /// Defaults, overridden by `file`, the environment and `overrides` in that order.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<Self> {
+        let mut settings = Settings {
+            values: DEFAULTS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            explicit: BTreeMap::new(),
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let table: toml::Table = text
+                .parse()
+                .with_context(|| format!("parsing {}", path.display()))?;
+            let mut flat = Vec::new();
+            flatten("", &toml::Value::Table(table), &mut flat)?;
+            for (key, value) in flat {
+                settings
+                    .set(&key, value)
+                    .with_context(|| format!("in {}", path.display()))?;
+            }
+        }
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix("SLUICE_") {
+                let key = rest.to_ascii_lowercase().replace('_', ".");
+                // Other SLUICE_* variables (the test harness's, say) are not settings.
+                if settings.values.contains_key(&key) {
+                    settings
+                        .set(&key, value)
+                        .with_context(|| format!("in environment variable {name}"))?;
+                }
+            }
+        }
+        for pair in overrides {
+            let Some((key, value)) = pair.split_once('=') else {
+                bail!("--set expects key=value, got {pair:?}");
+            };
+            settings.set(key.trim(), value.trim().to_string())?;
+        }
+        Ok(settings)
+    }
+
+    fn set(&mut self, key: &str, value: String) -> Result<()> {
+        if !self.values.contains_key(key) {
+            bail!("unknown setting {key:?}");
+        }
+        self.values.insert(key.to_string(), value);
+        self.explicit.insert(key.to_string(), true);
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        self.values.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    pub fn parse<T: std::str::FromStr>(&self, key: &str) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.get(key);
+        raw.trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("setting {key} = {raw:?}: {e}"))
+    }
+
+    /// Every setting with its value and whether it was set explicitly.
+    pub fn described(&self) -> BTreeMap<String, (String, bool)> {
+        self.values
+            .iter()
+            .map(|(k, v)| (k.clone(), (v.clone(), self.explicit.contains_key(k))))
+            .collect()
+    }
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) -> Result<()> {
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out)?;
+            }
+        }
+        toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        toml::Value::Integer(i) => out.push((prefix.to_string(), i.to_string())),
+        toml::Value::Float(f) => out.push((prefix.to_string(), f.to_string())),
+        toml::Value::Boolean(b) => out.push((prefix.to_string(), b.to_string())),
+        toml::Value::Array(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|i| match i {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            out.push((prefix.to_string(), parts.join(",")));
+        }
+        toml::Value::Datetime(d) => out.push((prefix.to_string(), d.to_string())),
+    }
+    Ok(())
+}
+
+/// A `NAME://host:port` listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+pub fn parse_listener(text: &str) -> Result<Listener> {
+    let first = text.split(',').next().unwrap_or("").trim();
+    let (name, address) = first
+        .split_once("://")
+        .with_context(|| format!("listener {first:?} is not of the form NAME://host:port"))?;
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("listener {first:?} has no port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("listener {first:?} has a bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(Listener {
+        name: name.to_string(),
+        host: if host.is_empty() {
+            "0.0.0.0".into()
+        } else {
+            host.to_string()
+        },
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(
+            &file,
+            "node.id = 3\n\"num.partitions\" = 4\n[log]\ndirs = \"/tmp/x\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("SLUICE_NUM_PARTITIONS".to_string(), "5".to_string()),
+            ("SLUICE_NOT_A_SETTING".to_string(), "x".to_string()),
+        ];
+        let s = Settings::load(Some(&file), env.into_iter(), &["node.id=7".to_string()]).unwrap();
+        assert_eq!(s.get("log.dirs"), "/tmp/x");
+        assert_eq!(s.parse::<i32>("num.partitions").unwrap(), 5);
+        assert_eq!(s.parse::<i32>("node.id").unwrap(), 7);
+        assert!(s.described()["node.id"].1);
+        assert!(!s.described()["log.roll.ms"].1);
+        assert!(Settings::load(None, std::iter::empty(), &["no.such=1".to_string()]).is_err());
+    }
+
+    #[test]
+    fn listeners() {
+        let l = parse_listener("PLAINTEXT://127.0.0.1:9092").unwrap();
+        assert_eq!((l.host.as_str(), l.port), ("127.0.0.1", 9092));
+        assert_eq!(parse_listener("PLAINTEXT://:0").unwrap().host, "0.0.0.0");
+        assert!(parse_listener("127.0.0.1:9092").is_err());
+    }
+}

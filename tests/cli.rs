@@ -1,0 +1,155 @@
+//! The `sluice topics` commands against a running server.
+
+mod common;
+
+use common::Server;
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "command should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn create_list_describe_alter_delete() {
+    let server = Server::start();
+    let created = ok(server.cli(&[
+        "create",
+        "orders",
+        "--partitions",
+        "3",
+        "--config",
+        "retention.ms=3600000",
+    ]));
+    assert!(
+        created.contains("Created topic orders with 3 partition(s)"),
+        "{created}"
+    );
+    ok(server.cli(&["create", "audit"]));
+
+    let listed = ok(server.cli(&["list"]));
+    assert_eq!(listed.lines().collect::<Vec<_>>(), vec!["audit", "orders"]);
+
+    let described = ok(server.cli(&["describe", "orders"]));
+    assert!(described.contains("PartitionCount: 3"), "{described}");
+    assert!(described.contains("retention.ms=3600000"), "{described}");
+    assert!(described.contains("PARTITION"), "{described}");
+    assert_eq!(
+        described
+            .lines()
+            .filter(|l| l.starts_with(['0', '1', '2']))
+            .count(),
+        3,
+        "{described}"
+    );
+
+    let altered = ok(server.cli(&[
+        "alter",
+        "orders",
+        "--partitions",
+        "5",
+        "--config",
+        "retention.ms=60000",
+    ]));
+    assert!(altered.contains("now has 5 partitions"), "{altered}");
+    let described = ok(server.cli(&["describe", "orders"]));
+    assert!(
+        described.contains("PartitionCount: 5") && described.contains("retention.ms=60000"),
+        "{described}"
+    );
+    ok(server.cli(&["alter", "orders", "--delete-config", "retention.ms"]));
+    assert!(!ok(server.cli(&["describe", "orders"])).contains("retention.ms="));
+
+    assert!(fails(server.cli(&["create", "orders"])).contains("TopicAlreadyExists"));
+    ok(server.cli(&["create", "orders", "--if-not-exists"]));
+    assert!(fails(server.cli(&["create", "bad name!"])).contains("InvalidTopicException"));
+    assert!(fails(server.cli(&["create", "x", "--partitions", "0"])).contains("InvalidPartitions"));
+    assert!(
+        fails(server.cli(&["create", "y", "--replication-factor", "3"]))
+            .contains("InvalidReplicationFactor")
+    );
+    assert!(
+        fails(server.cli(&["create", "z", "--config", "retention.ms=soon"]))
+            .contains("InvalidConfig")
+    );
+    assert!(
+        fails(server.cli(&["alter", "orders", "--partitions", "2"])).contains("InvalidPartitions")
+    );
+    assert!(ok(server.cli(&["create", "v", "--validate-only"])).contains("Would create"));
+    assert!(!ok(server.cli(&["list"])).contains('v'));
+
+    ok(server.cli(&["delete", "orders", "audit"]));
+    assert_eq!(ok(server.cli(&["list"])).trim(), "");
+    assert!(fails(server.cli(&["delete", "orders"])).contains("UnknownTopicOrPartition"));
+}
+
+#[test]
+fn topics_and_data_survive_a_clean_restart_and_metrics_are_served() {
+    let mut server = Server::start();
+    ok(server.cli(&["create", "kept", "--partitions", "2"]));
+    let bootstrap = server.bootstrap();
+    let produce = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("seq 1 50 | kcat -P -b {bootstrap} -t kept -p 1"))
+        .status()
+        .unwrap();
+    assert!(produce.success());
+
+    let metrics = http_get(server.metrics_port, "/metrics");
+    for name in [
+        "sluice_requests_total",
+        "sluice_request_duration_seconds_bucket",
+        "sluice_bytes_in_total",
+        "sluice_partitions",
+        "sluice_raft_commit_index",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+
+    assert!(server.stop(), "clean shutdown on SIGTERM");
+    server.restart();
+    let described = ok(server.cli(&["describe", "kept"]));
+    assert!(described.contains("PartitionCount: 2"), "{described}");
+    let out = std::process::Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            &bootstrap,
+            "-t",
+            "kept",
+            "-p",
+            "1",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 50);
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}

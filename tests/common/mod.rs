@@ -1,0 +1,173 @@
+//! Test harness: real `sluice server` processes on 127.0.0.1 with ephemeral
+//! ports and data in a temp dir, stopped (or killed) by the test.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+pub struct Server {
+    child: Option<Child>,
+    pub data: PathBuf,
+    /// Owns the temp dir so it lives as long as the server.
+    _dir: Option<tempfile::TempDir>,
+    pub port: u16,
+    pub metrics_port: u16,
+    extra: Vec<String>,
+}
+
+/// A port free right now (the server binds it a moment later).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `key=value` settings.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let mut server = Server {
+            child: None,
+            data,
+            _dir: Some(dir),
+            port: 0,
+            metrics_port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.launch(0);
+        server
+    }
+
+    fn launch(&mut self, port: u16) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("server")
+            .arg("--set")
+            .arg(format!("listeners=PLAINTEXT://127.0.0.1:{port}"))
+            .arg("--set")
+            .arg(format!("log.dirs={}", self.data.display()))
+            .arg("--set")
+            .arg(format!("metrics.listen=127.0.0.1:{}", self.metrics_port));
+        for e in &self.extra {
+            cmd.arg("--set").arg(e);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("server log file");
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawning sluice server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("serving Kafka on ").nth(1) {
+                    let port = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|addr| addr.rsplit(':').next())
+                        .and_then(|p| p.parse::<u16>().ok());
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(p)) => self.port = p,
+            _ => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", self.log());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data
+            .parent()
+            .unwrap_or(Path::new("/tmp"))
+            .join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9, no chance to flush or checkpoint.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Starts again on the same data directory and port.
+    pub fn restart(&mut self) {
+        let port = self.port;
+        self.launch(port);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Runs the sluice CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("topics")
+            .arg("--bootstrap-server")
+            .arg(self.bootstrap())
+            .args(args)
+            .output()
+            .expect("running sluice topics")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

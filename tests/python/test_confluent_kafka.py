@@ -1,0 +1,120 @@
+"""confluent-kafka (librdkafka inside the wheel): produce, consume, admin."""
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+
+def produce_all(bootstrap, topic, messages, **config):
+    producer = Producer({"bootstrap.servers": bootstrap, **config})
+    errors = []
+
+    def report(err, _msg):
+        if err is not None:
+            errors.append(err)
+
+    for key, value, headers in messages:
+        producer.produce(topic, key=key, value=value, headers=headers, on_delivery=report)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    assert errors == []
+
+
+def consume_all(bootstrap, topic, partitions, count):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "py-test", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out = []
+    import time
+
+    deadline = time.time() + 60
+    while len(out) < count and time.time() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        assert msg.error() is None, msg.error()
+        out.append(msg)
+    consumer.close()
+    assert len(out) == count
+    return out
+
+
+def test_round_trip_with_keys_headers_null_and_empty_values(server):
+    messages = []
+    for i in range(200):
+        value = None if i == 5 else (b"" if i == 6 else f"value-{i}".encode())
+        messages.append((f"key-{i}".encode(), value, [("i", str(i).encode()), ("nil", None)]))
+    produce_all(server.bootstrap, "py-round-trip", messages)
+    got = consume_all(server.bootstrap, "py-round-trip", 1, 200)
+    for i, msg in enumerate(got):
+        assert msg.offset() == i
+        assert msg.key() == f"key-{i}".encode()
+        assert msg.value() == messages[i][1]
+        assert msg.headers() == [("i", str(i).encode()), ("nil", None)]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compression(server, codec):
+    admin = AdminClient({"bootstrap.servers": server.bootstrap})
+    admin.create_topics([NewTopic(f"py-{codec}", 2, 1)])[f"py-{codec}"].result(10)
+    messages = [(None, f"{codec}-{i}".encode() * 10, None) for i in range(1000)]
+    produce_all(server.bootstrap, f"py-{codec}", messages, **{"compression.type": codec, "linger.ms": 10})
+    got = consume_all(server.bootstrap, f"py-{codec}", 2, 1000)
+    assert sorted(m.value() for m in got) == sorted(m[1] for m in messages)
+
+
+def test_one_megabyte_messages_and_idempotent_producer(server):
+    admin = AdminClient({"bootstrap.servers": server.bootstrap})
+    admin.create_topics([NewTopic("py-big", 1, 1)])["py-big"].result(10)
+    big = b"m" * 1_000_000
+    produce_all(server.bootstrap, "py-big", [(None, big, None)] * 3, **{"message.max.bytes": 2_000_000})
+    got = consume_all(server.bootstrap, "py-big", 1, 3)
+    assert all(m.value() == big for m in got)
+
+    messages = [(str(i % 7).encode(), str(i).encode(), None) for i in range(5000)]
+    produce_all(server.bootstrap, "py-idem", messages, **{"enable.idempotence": True})
+    got = consume_all(server.bootstrap, "py-idem", 1, 5000)
+    assert [int(m.value()) for m in got] == list(range(5000))
+
+
+def test_admin_create_list_describe_alter_delete_and_errors(server):
+    admin = AdminClient({"bootstrap.servers": server.bootstrap})
+    # validate_only creates nothing
+    admin.create_topics([NewTopic("checked", 3, 1)], validate_only=True)["checked"].result(10)
+    assert "checked" not in admin.list_topics(timeout=10).topics
+
+    fs = admin.create_topics([NewTopic("admin-a", 3, 1, config={"retention.ms": "123456", "cleanup.policy": "delete"})])
+    fs["admin-a"].result(10)
+    md = admin.list_topics(timeout=10)
+    assert len(md.topics["admin-a"].partitions) == 3
+    assert md.cluster_id
+    assert md.controller_id == 1
+
+    res = ConfigResource(ConfigResource.Type.TOPIC, "admin-a")
+    configs = admin.describe_configs([res])[res].result(10)
+    assert configs["retention.ms"].value == "123456"
+    assert configs["retention.ms"].source == 1  # DYNAMIC_TOPIC_CONFIG
+    assert configs["segment.bytes"].value == "1073741824"
+    assert configs["segment.bytes"].is_default
+
+    broker = ConfigResource(ConfigResource.Type.BROKER, "1")
+    broker_configs = admin.describe_configs([broker])[broker].result(10)
+    assert broker_configs["num.partitions"].value == "1"
+    assert broker_configs["log.dirs"].value == server.data
+
+    admin.create_partitions([NewPartitions("admin-a", 5)])["admin-a"].result(10)
+    assert len(admin.list_topics(timeout=10).topics["admin-a"].partitions) == 5
+
+    def error_of(future):
+        with pytest.raises(KafkaException) as e:
+            future.result(10)
+        return e.value.args[0].code()
+
+    assert error_of(admin.create_topics([NewTopic("admin-a", 1, 1)])["admin-a"]) == KafkaError.TOPIC_ALREADY_EXISTS
+    assert error_of(admin.create_topics([NewTopic("bad/name", 1, 1)])["bad/name"]) == KafkaError.INVALID_TOPIC_EXCEPTION
+    assert error_of(admin.create_topics([NewTopic("rf", 1, 3)])["rf"]) == KafkaError.INVALID_REPLICATION_FACTOR
+    assert error_of(admin.create_topics([NewTopic("cfg", 1, 1, config={"retention.ms": "x"})])["cfg"]) == KafkaError.INVALID_CONFIG
+    assert error_of(admin.create_partitions([NewPartitions("admin-a", 2)])["admin-a"]) == KafkaError.INVALID_PARTITIONS
+    assert error_of(admin.delete_topics(["missing"])["missing"]) == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+    admin.delete_topics(["admin-a"])["admin-a"].result(10)
+    assert "admin-a" not in admin.list_topics(timeout=10).topics
