@@ -11,7 +11,7 @@ venv="${SLUICE_VENV:-$CARGO_TARGET_DIR/venv}"
 
 # One cargo invocation builds everything (the sluice binary included) with
 # one feature resolution, so RocksDB compiles once.
-cargo test --release --workspace
+cargo test --release --workspace --no-fail-fast
 
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"

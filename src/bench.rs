@@ -305,6 +305,7 @@ fn produce(args: &BenchArgs, topic: &str) -> Result<(Measured, Vec<f64>)> {
 fn consume(args: &BenchArgs, topic: &str) -> Result<Measured> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap_server)
+        .set("group.id", "sluice-test")
         .set("enable.auto.commit", "false")
         .create()
         .context("creating the consumer")?;

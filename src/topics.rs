@@ -197,7 +197,8 @@ pub async fn run(bootstrap: &str, command: TopicsCommand) -> Result<()> {
                 let request = CreatePartitionsRequest::default()
                     .with_topics(vec![CreatePartitionsTopic::default()
                         .with_name(name(&topic))
-                        .with_count(count)])
+                        .with_count(count)
+                        .with_assignments(None)])
                     .with_timeout_ms(30_000);
                 let response = client.send(request).await?;
                 for r in &response.results {
@@ -285,7 +286,8 @@ async fn describe(client: &mut KafkaClient, names: &[String]) -> Result<()> {
             .send(DescribeConfigsRequest::default().with_resources(
                 vec![DescribeConfigsResource::default()
                 .with_resource_type(2)
-                .with_resource_name(StrBytes::from_string(topic.clone()))],
+                .with_resource_name(StrBytes::from_string(topic.clone()))
+                .with_configuration_keys(None)],
             ))
             .await?;
         let dynamic: Vec<String> = configs

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::Server;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -45,33 +46,41 @@ async fn acknowledged_writes_survive_kill_9() {
         tokio::spawn(async move {
             let mut seq = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // Keep a window of sends in flight, as an application would.
+                // Enqueue a window in order, as an application would, then
+                // collect the delivery reports.
                 let mut window = Vec::new();
                 for _ in 0..50 {
                     let partition = (seq % PARTITIONS as u64) as i32;
                     let payload = seq.to_string();
-                    let producer = producer.clone();
-                    window.push(tokio::spawn(async move {
-                        let result = producer
-                            .send(
-                                FutureRecord::<(), _>::to("durable")
-                                    .partition(partition)
-                                    .payload(&payload),
-                                Duration::from_secs(60),
-                            )
-                            .await;
-                        (seq, result.ok().map(|d| (d.partition, d.offset)))
-                    }));
+                    let mut record = FutureRecord::<(), _>::to("durable")
+                        .partition(partition)
+                        .payload(&payload);
+                    let delivery = loop {
+                        match producer.send_result(record) {
+                            Ok(d) => break Some(d),
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                back,
+                            )) => {
+                                record = back;
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                            Err(_) => break None,
+                        }
+                    };
+                    if let Some(d) = delivery {
+                        window.push((seq, d));
+                    }
                     seq += 1;
                 }
-                for handle in window {
-                    if let Ok((seq, Some((partition, offset)))) = handle.await {
+                for (seq, delivery) in window {
+                    if let Ok(Ok(d)) = delivery.await {
                         acked
                             .lock()
                             .unwrap()
-                            .entry(partition)
+                            .entry(d.partition)
                             .or_default()
-                            .push((offset, seq));
+                            .push((d.offset, seq));
                     }
                 }
             }
@@ -96,6 +105,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let acked = acked.lock().unwrap().clone();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", server.bootstrap())
+        .set("group.id", "sluice-test")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();

@@ -11,8 +11,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 fn producer(server: &Server, extra: &[(&str, &str)]) -> FutureProducer {
@@ -27,6 +28,7 @@ fn producer(server: &Server, extra: &[(&str, &str)]) -> FutureProducer {
 fn consumer(server: &Server) -> BaseConsumer {
     ClientConfig::new()
         .set("bootstrap.servers", server.bootstrap())
+        .set("group.id", "sluice-test")
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer")
@@ -132,23 +134,16 @@ async fn every_compression_codec_round_trips() {
         let topic = format!("codec-{codec}");
         create_topic(&server, &topic, 1).await;
         let producer = producer(&server, &[("compression.type", codec), ("linger.ms", "20")]);
-        let sends: Vec<_> = (0..2000)
+        let deliveries = (0..2000)
             .map(|i| {
                 let payload = format!("{codec} message {i} {}", "x".repeat(i % 50));
-                let producer = producer.clone();
-                let topic = topic.clone();
-                async move {
-                    producer
-                        .send(
-                            FutureRecord::<(), _>::to(&topic).payload(&payload),
-                            Duration::from_secs(10),
-                        )
-                        .await
-                        .expect("delivered")
-                }
+                enqueue(
+                    &producer,
+                    FutureRecord::<(), _>::to(&topic).payload(&payload),
+                )
             })
             .collect();
-        futures_join(sends).await;
+        delivered(deliveries).await;
         let messages = consume(&server, &topic, 1, 2000);
         for (i, m) in messages.iter().enumerate() {
             let expected = format!("{codec} message {i} {}", "x".repeat(i % 50));
@@ -161,11 +156,30 @@ async fn every_compression_codec_round_trips() {
     }
 }
 
-async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut out = Vec::with_capacity(futures.len());
-    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    for h in handles {
-        out.push(h.await);
+/// Enqueues one record, waiting while the producer's queue is full. Records
+/// enqueued one after another keep their order, as in an application.
+fn enqueue<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, K, P>,
+) -> DeliveryFuture {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return delivery,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => panic!("enqueue failed: {e}"),
+        }
+    }
+}
+
+/// Waits for every delivery report; each must be a success.
+async fn delivered(deliveries: Vec<DeliveryFuture>) -> Vec<(i32, i64)> {
+    let mut out = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        let delivery = d.await.expect("delivery report").expect("delivered");
+        out.push((delivery.partition, delivery.offset));
     }
     out
 }
@@ -212,25 +226,20 @@ async fn idempotent_producer_writes_each_message_once_in_order() {
             ("linger.ms", "5"),
         ],
     );
-    let mut sends = Vec::new();
-    for i in 0..6000u32 {
-        let producer = producer.clone();
-        sends.push(async move {
+    let deliveries = (0..6000u32)
+        .map(|i| {
             let payload = i.to_string();
             let key = (i % 3).to_string();
-            producer
-                .send(
-                    FutureRecord::to("idem")
-                        .partition((i % 3) as i32)
-                        .key(&key)
-                        .payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .expect("delivered")
-        });
-    }
-    futures_join(sends).await;
+            enqueue(
+                &producer,
+                FutureRecord::to("idem")
+                    .partition((i % 3) as i32)
+                    .key(&key)
+                    .payload(&payload),
+            )
+        })
+        .collect();
+    delivered(deliveries).await;
     producer.flush(Duration::from_secs(10)).expect("flush");
     let messages = consume(&server, "idem", 3, 6000);
     let mut per_partition: HashMap<i32, Vec<u32>> = HashMap::new();
@@ -325,22 +334,17 @@ async fn many_partitions() {
     let server = Server::start();
     create_topic(&server, "wide", 64).await;
     let producer = producer(&server, &[("linger.ms", "5")]);
-    let mut sends = Vec::new();
-    for i in 0..640 {
-        let producer = producer.clone();
-        sends.push(async move {
-            producer
-                .send(
-                    FutureRecord::<(), _>::to("wide")
-                        .partition(i % 64)
-                        .payload(&format!("{i}")),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect("delivered")
-        });
-    }
-    futures_join(sends).await;
+    let deliveries = (0..640)
+        .map(|i| {
+            enqueue(
+                &producer,
+                FutureRecord::<(), _>::to("wide")
+                    .partition(i % 64)
+                    .payload(&format!("{i}")),
+            )
+        })
+        .collect();
+    delivered(deliveries).await;
     let messages = consume(&server, "wide", 64, 640);
     let mut counts: HashMap<i32, usize> = HashMap::new();
     for m in &messages {
