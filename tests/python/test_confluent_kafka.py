@@ -110,7 +110,7 @@ def test_admin_create_list_describe_alter_delete_and_errors(server):
         return e.value.args[0].code()
 
     assert error_of(admin.create_topics([NewTopic("admin-a", 1, 1)])["admin-a"]) == KafkaError.TOPIC_ALREADY_EXISTS
-    assert error_of(admin.create_topics([NewTopic("bad/name", 1, 1)])["bad/name"]) == KafkaError.INVALID_TOPIC_EXCEPTION
+    assert error_of(admin.create_topics([NewTopic("bad/name", 1, 1)])["bad/name"]) == KafkaError.TOPIC_EXCEPTION
     assert error_of(admin.create_topics([NewTopic("rf", 1, 3)])["rf"]) == KafkaError.INVALID_REPLICATION_FACTOR
     assert error_of(admin.create_topics([NewTopic("cfg", 1, 1, config={"retention.ms": "x"})])["cfg"]) == KafkaError.INVALID_CONFIG
     assert error_of(admin.create_partitions([NewPartitions("admin-a", 2)])["admin-a"]) == KafkaError.INVALID_PARTITIONS

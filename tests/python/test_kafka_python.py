@@ -85,10 +85,14 @@ def test_admin(server):
     admin.create_topics([NewTopic("kp-validate", 1, 1)], validate_only=True)
     assert "kp-validate" not in admin.list_topics()
 
-    [result] = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kp-admin")])
-    configs = {c[0]: c[1] for c in result.resources[0][4]}
-    assert configs["retention.ms"] == "999"
-    assert configs["cleanup.policy"] == "delete"
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kp-admin")], config_filter="all")
+    configs = described["topic"]["kp-admin"]
+    assert configs["retention.ms"]["value"] == "999"
+    assert configs["retention.ms"]["config_source"] == "DYNAMIC_TOPIC_CONFIG"
+    assert configs["cleanup.policy"]["value"] == "delete"
+    assert configs["cleanup.policy"]["config_source"] == "DEFAULT_CONFIG"
+    modified = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kp-admin")])
+    assert set(modified["topic"]["kp-admin"]) == {"retention.ms"}
 
     admin.create_partitions({"kp-admin": NewPartitions(4)})
     described = admin.describe_topics(["kp-admin"])

@@ -164,12 +164,10 @@ pub fn describe_configs(
         .iter()
         .map(|resource| {
             let name = resource.resource_name.to_string();
-            // Null asks for every config; so does an empty list, which some
-            // clients send when they mean "all".
+            // Null asks for every config; an empty list for none (as in Kafka).
             let keys: Option<Vec<String>> = resource
                 .configuration_keys
                 .as_ref()
-                .filter(|k| !k.is_empty())
                 .map(|k| k.iter().map(|s| s.to_string()).collect());
             let result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
