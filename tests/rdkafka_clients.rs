@@ -353,3 +353,80 @@ async fn many_partitions() {
     assert_eq!(counts.len(), 64);
     assert!(counts.values().all(|&c| c == 10));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_old_segments_and_the_log_start_survives_restart() {
+    let mut server = Server::start_with(&["log.retention.check.interval.ms=200"]);
+    let out = server.cli(&[
+        "create",
+        "short-lived",
+        "--partitions",
+        "1",
+        "--config",
+        "segment.bytes=20000",
+        "--config",
+        "retention.bytes=60000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let producer = producer(&server, &[("linger.ms", "0"), ("batch.num.messages", "1")]);
+    let payload = vec![b'r'; 1000];
+    let deliveries = (0..300)
+        .map(|_| {
+            enqueue(
+                &producer,
+                FutureRecord::<(), _>::to("short-lived")
+                    .partition(0)
+                    .payload(&payload),
+            )
+        })
+        .collect();
+    delivered(deliveries).await;
+
+    let consumer = consumer(&server);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (low, high) = loop {
+        let (low, high) = consumer
+            .fetch_watermarks("short-lived", 0, Duration::from_secs(10))
+            .unwrap();
+        if low > 0 || Instant::now() > deadline {
+            break (low, high);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(high, 300);
+    assert!(low > 0, "retention deleted no segment");
+    assert!(
+        high - low >= 40,
+        "retention keeps at least retention.bytes of data ({low}..{high})"
+    );
+
+    // The earliest offset is where consumption from the beginning starts.
+    let first = consume_from_beginning_first_offset(&server, "short-lived");
+    assert_eq!(first, low);
+
+    drop(consumer);
+    server.kill9();
+    server.restart();
+    let consumer = self::consumer(&server);
+    let (low_after, high_after) = consumer
+        .fetch_watermarks("short-lived", 0, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(high_after, 300);
+    assert!(
+        low_after >= low,
+        "log start went back from {low} to {low_after}"
+    );
+}
+
+fn consume_from_beginning_first_offset(server: &Server, topic: &str) -> i64 {
+    let consumer = consumer(server);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    next_message(&consumer).offset()
+}

@@ -161,11 +161,16 @@ async fn run_loader(
 ) {
     while let Some(event) = applied.recv().await {
         match event {
-            Applied::Snapshot { index, data, .. } => {
-                if let Err(e) = loader.load_snapshot(index, &data) {
-                    error!(error = %e, "metadata snapshot does not load; keeping the previous image");
+            Applied::Snapshot { index, data, .. } => match loader.load_snapshot(index, &data) {
+                Ok(()) => info!(
+                    offset = index,
+                    bytes = data.len(),
+                    "loaded metadata snapshot"
+                ),
+                Err(e) => {
+                    error!(error = %e, "metadata snapshot does not load; keeping the previous image")
                 }
-            }
+            },
             Applied::Entries(entries) => {
                 for entry in entries {
                     if entry.data.is_empty() {
