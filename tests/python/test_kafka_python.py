@@ -1,7 +1,8 @@
-"""kafka-python (a pure-Python client): produce, consume, admin."""
+"""kafka-python (a pure-Python client), 2.x and 3.x: produce, consume, admin."""
 
 import time
 
+import kafka
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
@@ -12,6 +13,8 @@ from kafka.errors import (
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
+
+KAFKA_PYTHON_MAJOR = int(kafka.__version__.split(".")[0])
 
 
 def consume(bootstrap, topic, partitions, count):
@@ -85,14 +88,23 @@ def test_admin(server):
     admin.create_topics([NewTopic("kp-validate", 1, 1)], validate_only=True)
     assert "kp-validate" not in admin.list_topics()
 
-    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kp-admin")], config_filter="all")
-    configs = described["topic"]["kp-admin"]
-    assert configs["retention.ms"]["value"] == "999"
-    assert configs["retention.ms"]["config_source"] == "DYNAMIC_TOPIC_CONFIG"
-    assert configs["cleanup.policy"]["value"] == "delete"
-    assert configs["cleanup.policy"]["config_source"] == "DEFAULT_CONFIG"
-    modified = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kp-admin")])
-    assert set(modified["topic"]["kp-admin"]) == {"retention.ms"}
+    resource = ConfigResource(ConfigResourceType.TOPIC, "kp-admin")
+    if KAFKA_PYTHON_MAJOR >= 3:
+        configs = admin.describe_configs([resource], config_filter="all")["topic"]["kp-admin"]
+        assert configs["retention.ms"]["value"] == "999"
+        assert configs["retention.ms"]["config_source"] == "DYNAMIC_TOPIC_CONFIG"
+        assert configs["cleanup.policy"]["value"] == "delete"
+        assert configs["cleanup.policy"]["config_source"] == "DEFAULT_CONFIG"
+        modified = admin.describe_configs([resource])
+        assert set(modified["topic"]["kp-admin"]) == {"retention.ms"}
+    else:
+        # 2.x answers with the raw responses: (name, value, read_only, source, ...)
+        [response] = admin.describe_configs([resource])
+        entries = {c[0]: c for c in response.resources[0][4]}
+        assert entries["retention.ms"][1] == "999"
+        assert entries["retention.ms"][3] == 1  # DYNAMIC_TOPIC_CONFIG
+        assert entries["cleanup.policy"][1] == "delete"
+        assert entries["cleanup.policy"][3] == 5  # DEFAULT_CONFIG
 
     admin.create_partitions({"kp-admin": NewPartitions(4)})
     described = admin.describe_topics(["kp-admin"])
