@@ -17,6 +17,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 3;
 
+/// partition -> [(offset, sequence number)] of every acknowledged message.
+type Acked = Arc<Mutex<BTreeMap<i32, Vec<(i64, u64)>>>>;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_kill_9() {
     let mut server = Server::start();
@@ -36,8 +39,7 @@ async fn acknowledged_writes_survive_kill_9() {
         .create()
         .expect("producer");
 
-    // (partition -> [(offset, sequence number)]) for every acknowledged message.
-    let acked: Arc<Mutex<BTreeMap<i32, Vec<(i64, u64)>>>> = Arc::default();
+    let acked: Acked = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let producer = producer.clone();
@@ -87,9 +89,7 @@ async fn acknowledged_writes_survive_kill_9() {
         })
     };
 
-    let count = |acked: &Arc<Mutex<BTreeMap<i32, Vec<(i64, u64)>>>>| {
-        acked.lock().unwrap().values().map(Vec::len).sum::<usize>()
-    };
+    let count = |acked: &Acked| acked.lock().unwrap().values().map(Vec::len).sum::<usize>();
     wait_until(|| count(&acked) >= 3000, Duration::from_secs(60));
     server.kill9();
     let acked_before_kill = count(&acked);
