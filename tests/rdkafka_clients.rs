@@ -430,3 +430,64 @@ fn consume_from_beginning_first_offset(server: &Server, topic: &str) -> i64 {
     consumer.assign(&tpl).unwrap();
     next_message(&consumer).offset()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_zero_and_acks_all_both_deliver() {
+    let server = Server::start();
+    create_topic(&server, "acks", 1).await;
+    for acks in ["0", "1", "all"] {
+        let producer = producer(&server, &[("acks", acks)]);
+        let deliveries = (0..100)
+            .map(|i| {
+                enqueue(
+                    &producer,
+                    FutureRecord::<(), _>::to("acks")
+                        .partition(0)
+                        .payload(&format!("{acks}-{i}")),
+                )
+            })
+            .collect();
+        delivered(deliveries).await;
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+    // acks=0 gets no answer from the broker, so wait for its writes to land.
+    let consumer = consumer(&server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumer
+        .fetch_watermarks("acks", 0, Duration::from_secs(5))
+        .unwrap()
+        .1
+        < 300
+    {
+        assert!(Instant::now() < deadline, "acks=0 writes did not arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let messages = consume(&server, "acks", 1, 300);
+    let values: Vec<String> = messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap()).into_owned())
+        .collect();
+    for acks in ["0", "1", "all"] {
+        let ours: Vec<&String> = values
+            .iter()
+            .filter(|v| v.starts_with(&format!("{acks}-")))
+            .collect();
+        assert_eq!(ours.len(), 100, "acks={acks}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_topics_are_refused_when_auto_creation_is_off() {
+    let server = Server::start_with(&["auto.create.topics.enable=false"]);
+    let producer = producer(&server, &[("message.timeout.ms", "3000")]);
+    let result = producer
+        .send(
+            FutureRecord::<(), _>::to("never-created").payload("x"),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(result.is_err(), "a produce to an unknown topic must fail");
+    let out = server.cli(&["list"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("never-created"));
+}

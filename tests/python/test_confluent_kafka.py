@@ -101,6 +101,12 @@ def test_admin_create_list_describe_alter_delete_and_errors(server):
     assert broker_configs["num.partitions"].value == "1"
     assert broker_configs["log.dirs"].value == server.data
 
+    cluster = admin.describe_cluster().result(10)
+    assert cluster.cluster_id == md.cluster_id
+    assert cluster.controller.id == 1
+    assert [n.id for n in cluster.nodes] == [1]
+    assert cluster.nodes[0].port == server.port
+
     admin.create_partitions([NewPartitions("admin-a", 5)])["admin-a"].result(10)
     assert len(admin.list_topics(timeout=10).topics["admin-a"].partitions) == 5
 
