@@ -70,6 +70,9 @@ pub struct PartitionState {
     pub leader_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
+    /// Set when the topic is deleted: requests still holding the partition
+    /// must not write into a directory that is going away.
+    pub deleted: bool,
 }
 
 pub struct Partition {
@@ -194,6 +197,13 @@ impl ReplicaManager {
             return;
         };
         let key = (topic.name.clone(), index);
+        if let Some(stale) = self
+            .partition(&topic.name, index)
+            .filter(|p| p.topic_id != topic_id)
+        {
+            // A deleted topic's partition under the same name: never reuse it.
+            self.remove_replica(&stale.topic, stale.index);
+        }
         if let Some(existing) = self.partition(&topic.name, index) {
             let mut state = existing.state();
             state.leader = reg.leader;
@@ -211,6 +221,7 @@ impl ReplicaManager {
                     leader_epoch: reg.leader_epoch,
                     replicas: reg.replicas.clone(),
                     isr: reg.isr.clone(),
+                    deleted: false,
                 };
                 self.update_high_watermark(&mut state);
                 let partition = Arc::new(Partition {
@@ -237,12 +248,18 @@ impl ReplicaManager {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(topic.to_string(), index));
         let dir = self.partition_dir(topic, index);
-        drop(removed);
+        // Hold the partition's lock while its files go, so no append or roll
+        // in flight writes into the directory afterwards.
+        let mut guard = removed.as_ref().map(|p| p.state());
+        if let Some(state) = guard.as_mut() {
+            state.deleted = true;
+        }
         if let Err(e) = fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(dir = %dir.display(), error = %e, "cannot remove deleted partition's directory");
             }
         }
+        drop(guard);
         info!(topic, partition = index, "partition deleted");
     }
 
@@ -348,6 +365,8 @@ impl Publisher for ReplicaManager {
             }
         }
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = image.clone();
+        // Waiting fetches and acks=all produces re-check leadership and existence.
+        self.notify_appended();
     }
 }
 

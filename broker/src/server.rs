@@ -157,9 +157,7 @@ async fn handle_frame(
         let reply = handlers::dispatch(broker, &header, api_key, frame)
             .await
             .map_err(|e| {
-                ConnectionError::BadRequest(format!(
-                    "malformed {api_key:?} v{api_version} request: {e:#}"
-                ))
+                ConnectionError::BadRequest(format!("{api_key:?} v{api_version} request: {e:#}"))
             })?;
         let api = format!("{api_key:?}");
         metrics::counter!("sluice_requests_total", "api" => api.clone()).increment(1);

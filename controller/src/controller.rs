@@ -44,6 +44,8 @@ pub struct Controller {
     /// One operation at a time: each computes its records from an image that
     /// already holds every earlier operation's committed records.
     op_lock: Mutex<()>,
+    /// The offset of the last committed entry that failed to replay.
+    rejected: watch::Receiver<u64>,
 }
 
 impl Controller {
@@ -65,10 +67,12 @@ impl Controller {
         };
         let (quorum, applied) = quorum::start(quorum_config, Box::new(NoPeers))?;
         let (image_tx, image) = watch::channel(MetadataImage::empty());
+        let (rejected_tx, rejected) = watch::channel(0);
         tokio::spawn(run_loader(
             MetadataLoader::new(publishers),
             applied,
             image_tx,
+            rejected_tx,
             quorum.clone(),
         ));
 
@@ -77,6 +81,7 @@ impl Controller {
             quorum,
             image,
             op_lock: Mutex::new(()),
+            rejected,
         });
         controller.await_leader_and_replay().await?;
         Ok(controller)
@@ -135,18 +140,24 @@ impl Controller {
         }
         let data = encode_batch(&records);
         let timeout = self.config.request_timeout;
-        let (index, _term) = tokio::time::timeout(timeout, self.quorum.propose(data))
-            .await
-            .map_err(|_| ControllerError::Timeout)?
-            .map_err(|e| match e {
-                QuorumError::NotLeader { .. } => ControllerError::NotController(e.to_string()),
-                other => ControllerError::Internal(other.to_string()),
-            })?;
+        // No time limit on the proposal itself: the quorum answers every
+        // proposal (committed, or failed when leadership is lost), and giving
+        // up early would let the next operation plan from an image that lacks
+        // a change still on its way to commit.
+        let (index, _term) = self.quorum.propose(data).await.map_err(|e| match e {
+            QuorumError::NotLeader { .. } => ControllerError::NotController(e.to_string()),
+            other => ControllerError::Internal(other.to_string()),
+        })?;
         let mut image = self.image.clone();
         tokio::time::timeout(timeout, image.wait_for(|i| i.offset >= index))
             .await
             .map_err(|_| ControllerError::Timeout)?
             .map_err(|_| ControllerError::Internal("metadata loader stopped".into()))?;
+        if *self.rejected.borrow() == index {
+            return Err(ControllerError::Internal(format!(
+                "metadata entry {index} committed but did not apply; see the log"
+            )));
+        }
         Ok(results)
     }
 }
@@ -157,6 +168,7 @@ async fn run_loader(
     mut loader: MetadataLoader,
     mut applied: mpsc::UnboundedReceiver<Applied>,
     image_tx: watch::Sender<Arc<MetadataImage>>,
+    rejected_tx: watch::Sender<u64>,
     quorum: QuorumHandle,
 ) {
     while let Some(event) = applied.recv().await {
@@ -180,6 +192,7 @@ async fn run_loader(
                         // proposing them; a failure here is a bug, and the
                         // batch is left out whole rather than half applied.
                         error!(error = %e, "metadata entry does not replay; skipped");
+                        rejected_tx.send_replace(entry.index);
                         loader.skip_entry(entry.index);
                     }
                 }

@@ -24,6 +24,19 @@ pub struct TopicDefaults {
     pub replication_factor: i16,
 }
 
+/// The most partitions one topic may have. Far above what one node serves,
+/// it keeps a single request from asking for billions of partition records.
+pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
+
+fn check_partition_count(count: i64) -> Result<(), ControllerError> {
+    if count > MAX_PARTITIONS_PER_TOPIC as i64 {
+        return Err(ControllerError::InvalidPartitions(format!(
+            "{count} partitions is more than the {MAX_PARTITIONS_PER_TOPIC} a topic may have."
+        )));
+    }
+    Ok(())
+}
+
 pub struct OpResult<T> {
     pub records: Vec<MetadataRecord>,
     pub results: T,
@@ -95,6 +108,7 @@ fn plan_topic(
                 "Number of partitions must be larger than 0.".into(),
             ));
         }
+        check_partition_count(partitions as i64)?;
         if rf <= 0 {
             return Err(ControllerError::InvalidReplicationFactor(
                 "Replication factor must be larger than 0.".into(),
@@ -107,6 +121,7 @@ fn plan_topic(
                 "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.".into(),
             ));
         }
+        check_partition_count(topic.assignments.len() as i64)?;
         let mut by_partition = BTreeMap::new();
         for (partition, replicas) in &topic.assignments {
             by_partition.insert(*partition, replicas.clone());
@@ -260,6 +275,7 @@ fn plan_partitions(
             "Topic already has {current} partitions."
         )));
     }
+    check_partition_count(request.count as i64)?;
     let added = request.count - current;
     let rf = topic
         .partitions

@@ -297,7 +297,12 @@ impl PartitionLog {
         if epochs_changed {
             log.epochs.persist()?;
         }
-        remove_if_exists(&clean_marker)?;
+        // The marker must be gone for good before any append: after a crash
+        // its presence would skip recovery of a torn tail.
+        if clean {
+            remove_if_exists(&clean_marker)?;
+            sync_dir(dir)?;
+        }
         tracing::debug!(
             dir = %dir.display(),
             segments = log.segments.len(),

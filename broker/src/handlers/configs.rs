@@ -290,10 +290,16 @@ pub async fn incremental_alter_configs(
                 .configs
                 .iter()
                 .map(|c| match c.config_operation {
-                    SET => Ok(ConfigChange {
-                        name: c.name.to_string(),
-                        value: c.value.as_ref().map(|v| v.to_string()),
-                    }),
+                    SET => match &c.value {
+                        Some(value) => Ok(ConfigChange {
+                            name: c.name.to_string(),
+                            value: Some(value.to_string()),
+                        }),
+                        None => Err(ControllerError::InvalidRequest(format!(
+                            "Null value not supported for: {}",
+                            c.name
+                        ))),
+                    },
                     DELETE => Ok(ConfigChange {
                         name: c.name.to_string(),
                         value: None,

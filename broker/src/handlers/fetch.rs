@@ -69,7 +69,19 @@ fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResp
                     .push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
                 continue;
             };
+            if version >= TOPIC_IDS_FROM && partition.topic_id != topic.topic_id {
+                // The name now belongs to a newer topic than the one asked for.
+                any_error = true;
+                partitions.push(data.with_error_code(ResponseError::UnknownTopicId.code()));
+                continue;
+            }
             let state = partition.state();
+            if state.deleted {
+                any_error = true;
+                partitions
+                    .push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                continue;
+            }
             if state.leader != broker.config.node_id {
                 any_error = true;
                 partitions.push(data.with_error_code(ResponseError::NotLeaderOrFollower.code()));

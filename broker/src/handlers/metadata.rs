@@ -52,7 +52,7 @@ pub async fn metadata(broker: &Broker, request: MetadataRequest, version: i16) -
                     Ok(_) | Err(ControllerError::TopicAlreadyExists(_)) => {}
                     Err(e) => {
                         tracing::warn!(topic = %name, error = %e, "auto-creating topic failed");
-                        created_errors.push((name, ResponseError::LeaderNotAvailable));
+                        created_errors.push((name, crate::errors::controller_error(&e)));
                     }
                 }
             }

@@ -164,8 +164,11 @@ pub async fn dispatch(
             ResponseKind::Metadata(metadata::metadata(broker, r, version).await)
         }
         RequestKind::Produce(r) => match produce::produce(broker, r, version).await {
-            Some(response) => ResponseKind::Produce(response),
-            None => return Ok(Reply::None),
+            produce::ProduceOutcome::Respond(response) => ResponseKind::Produce(response),
+            produce::ProduceOutcome::Silent => return Ok(Reply::None),
+            produce::ProduceOutcome::SilentFailure(failure) => {
+                anyhow::bail!("acks=0 produce failed ({failure}); closing so the client refreshes its metadata")
+            }
         },
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, version).await),
         RequestKind::ListOffsets(r) => {

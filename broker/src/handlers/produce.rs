@@ -19,22 +19,28 @@ struct Appended {
     result: Result<(i64, i64, i64), (ResponseError, Option<String>)>,
 }
 
-pub async fn produce(
-    broker: &Broker,
-    request: ProduceRequest,
-    _version: i16,
-) -> Option<ProduceResponse> {
+/// What a produce request gets back.
+pub enum ProduceOutcome {
+    Respond(ProduceResponse),
+    /// acks=0 and every append succeeded: no answer at all.
+    Silent,
+    /// acks=0 and an append failed: there is no answer to carry the error,
+    /// so Kafka closes the connection and the client refreshes its metadata.
+    SilentFailure(String),
+}
+
+pub async fn produce(broker: &Broker, request: ProduceRequest, _version: i16) -> ProduceOutcome {
     let acks = request.acks;
     if request.transactional_id.is_some() {
         // Transactions need a transaction coordinator Sluice does not have yet.
-        return Some(every_partition_fails(
+        return ProduceOutcome::Respond(every_partition_fails(
             &request,
             ResponseError::TransactionalIdAuthorizationFailed,
             "transactions are not supported by this broker",
         ));
     }
     if !(-1..=1).contains(&acks) {
-        return Some(every_partition_fails(
+        return ProduceOutcome::Respond(every_partition_fails(
             &request,
             ResponseError::InvalidRequiredAcks,
             "acks must be -1, 0 or 1",
@@ -60,7 +66,16 @@ pub async fn produce(
     broker.replicas.notify_appended();
 
     if acks == 0 {
-        return None;
+        let failed = topics.iter().find_map(|(name, results)| {
+            results.iter().find_map(|a| match &a.result {
+                Err((error, _)) => Some(format!("{}-{}: {error:?}", name.0, a.partition)),
+                Ok(_) => None,
+            })
+        });
+        return match failed {
+            Some(failure) => ProduceOutcome::SilentFailure(failure),
+            None => ProduceOutcome::Silent,
+        };
     }
     // acks=all: the ISR must reach each batch before we answer.
     let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
@@ -102,7 +117,7 @@ pub async fn produce(
                 .with_partition_responses(partitions)
         })
         .collect();
-    Some(ProduceResponse::default().with_responses(responses))
+    ProduceOutcome::Respond(ProduceResponse::default().with_responses(responses))
 }
 
 fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks: i16) -> Appended {
@@ -120,6 +135,9 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks
         );
     };
     let mut state = partition.state();
+    if state.deleted {
+        return fail(ResponseError::UnknownTopicOrPartition, None);
+    }
     if state.leader != broker.config.node_id {
         return fail(ResponseError::NotLeaderOrFollower, None);
     }
@@ -222,16 +240,9 @@ pub async fn init_producer_id(
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
     }
-    // KIP-360: an idempotent producer may ask to bump its epoch after an
-    // error, keeping its id; a new id once the epoch is exhausted.
-    if request.producer_id.0 >= 0
-        && request.producer_epoch >= 0
-        && request.producer_epoch < i16::MAX - 1
-    {
-        return response
-            .with_producer_id(request.producer_id)
-            .with_producer_epoch(request.producer_epoch + 1);
-    }
+    // Without a transactional id Kafka hands out a fresh id every time, even
+    // to a producer that names its old one (KIP-360): an id this broker did
+    // not issue must never be adopted.
     match broker.next_producer_id().await {
         Ok(id) => response
             .with_producer_id(ProducerId(id))
