@@ -78,8 +78,14 @@ fn create_list_describe_alter_delete() {
     assert!(fails(server.cli(&["create", "bad name!"])).contains("InvalidTopicException"));
     assert!(fails(server.cli(&["create", "x", "--partitions", "0"])).contains("InvalidPartitions"));
     // Two billion partitions would be two billion records: refused up front.
-    assert!(fails(server.cli(&["create", "huge", "--partitions", "2000000000"])).contains("InvalidPartitions"));
-    assert!(fails(server.cli(&["alter", "orders", "--partitions", "2000000000"])).contains("InvalidPartitions"));
+    assert!(
+        fails(server.cli(&["create", "huge", "--partitions", "2000000000"]))
+            .contains("InvalidPartitions")
+    );
+    assert!(
+        fails(server.cli(&["alter", "orders", "--partitions", "2000000000"]))
+            .contains("InvalidPartitions")
+    );
     assert!(
         fails(server.cli(&["create", "y", "--replication-factor", "3"]))
             .contains("InvalidReplicationFactor")
