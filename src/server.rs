@@ -48,7 +48,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let log_defaults = LogConfig {
         segment_bytes: settings.parse("log.segment.bytes")?,
         segment_ms: settings.parse("log.roll.ms")?,
-        retention_ms: settings.parse("log.retention.ms")?,
+        retention_ms: settings.retention_ms()?,
         retention_bytes: settings.parse("log.retention.bytes")?,
         max_message_bytes: settings.parse("message.max.bytes")?,
         index_interval_bytes: settings.parse("log.index.interval.bytes")?,
@@ -82,6 +82,23 @@ pub async fn run(settings: Settings) -> Result<()> {
     broker_config.checkpoint_interval =
         Duration::from_millis(settings.parse("replica.high.watermark.checkpoint.interval.ms")?);
     broker_config.settings = settings.described();
+    // Topics see the retention in force, whichever of Kafka's spellings set it.
+    let retention_set = [
+        "log.retention.ms",
+        "log.retention.minutes",
+        "log.retention.hours",
+    ]
+    .iter()
+    .any(|k| {
+        broker_config
+            .settings
+            .get(*k)
+            .is_some_and(|(_, explicit)| *explicit)
+    });
+    broker_config.settings.insert(
+        "log.retention.ms".into(),
+        (log_defaults.retention_ms.to_string(), retention_set),
+    );
 
     let replicas = Arc::new(ReplicaManager::new(node_id, log_dir.clone(), log_defaults)?);
     let controller = Controller::start(

@@ -23,6 +23,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("min.insync.replicas", "1"),
     ("auto.create.topics.enable", "true"),
     ("log.retention.ms", "604800000"),
+    ("log.retention.minutes", ""),
+    ("log.retention.hours", "168"),
     ("log.retention.bytes", "-1"),
     ("log.retention.check.interval.ms", "300000"),
     ("log.segment.bytes", "1073741824"),
@@ -111,6 +113,25 @@ impl Settings {
         raw.trim()
             .parse()
             .map_err(|e| anyhow::anyhow!("setting {key} = {raw:?}: {e}"))
+    }
+
+    fn is_explicit(&self, key: &str) -> bool {
+        self.explicit.contains_key(key)
+    }
+
+    /// Retention in ms from Kafka's three spellings: `log.retention.ms` wins
+    /// over `log.retention.minutes`, which wins over `log.retention.hours`.
+    pub fn retention_ms(&self) -> Result<i64> {
+        if self.is_explicit("log.retention.ms") {
+            return self.parse("log.retention.ms");
+        }
+        if !self.get("log.retention.minutes").is_empty() {
+            return Ok(self.parse::<i64>("log.retention.minutes")? * 60_000);
+        }
+        if self.is_explicit("log.retention.hours") {
+            return Ok(self.parse::<i64>("log.retention.hours")? * 3_600_000);
+        }
+        self.parse("log.retention.ms")
     }
 
     /// Every setting with its value and whether it was set explicitly.
@@ -208,6 +229,24 @@ mod tests {
         assert!(s.described()["node.id"].1);
         assert!(!s.described()["log.roll.ms"].1);
         assert!(Settings::load(None, std::iter::empty(), &["no.such=1".to_string()]).is_err());
+    }
+
+    #[test]
+    fn retention_spellings() {
+        let load = |o: &[&str]| {
+            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            Settings::load(None, std::iter::empty(), &o)
+                .unwrap()
+                .retention_ms()
+                .unwrap()
+        };
+        assert_eq!(load(&[]), 604_800_000);
+        assert_eq!(load(&["log.retention.hours=1"]), 3_600_000);
+        assert_eq!(
+            load(&["log.retention.hours=1", "log.retention.minutes=2"]),
+            120_000
+        );
+        assert_eq!(load(&["log.retention.minutes=2", "log.retention.ms=5"]), 5);
     }
 
     #[test]

@@ -9,10 +9,14 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use common::Server;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, FetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    OffsetForLeaderEpochRequest, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use sluice_storage::batch::BatchBuilder;
@@ -182,6 +186,24 @@ async fn idempotent_sequences_duplicates_and_gaps() {
     let fetched = fetch(&mut wire, "seq", 0, 1, 0, 1 << 20).await;
     let p = &fetched.responses[0].partitions[0];
     assert_eq!(p.high_watermark, 6);
+
+    // OffsetForLeaderEpoch: epoch 0 (the only one) ends at the log end;
+    // a current epoch newer than the leader's is UNKNOWN_LEADER_EPOCH (75).
+    let ask = |current: i32| {
+        OffsetForLeaderEpochRequest::default()
+            .with_replica_id((-1).into())
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(topic("seq"))
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(current)
+                    .with_leader_epoch(0)])])
+    };
+    let answer = wire.send(ask(0), 4).await;
+    let e = &answer.topics[0].partitions[0];
+    assert_eq!((e.error_code, e.leader_epoch, e.end_offset), (0, 0, 6));
+    let answer = wire.send(ask(7), 4).await;
+    assert_eq!(answer.topics[0].partitions[0].error_code, 75);
 }
 
 async fn fetch(
