@@ -228,34 +228,36 @@ fn spawn_housekeeping(
     config: &BrokerConfig,
     stop: watch::Receiver<bool>,
 ) {
-    let retention = config.retention_check_interval;
-    let checkpoint = config.checkpoint_interval;
-    let mut stop_a = stop.clone();
     let r = replicas.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(retention);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop_a.wait_for(|s| *s) => return,
-            }
-            let r = r.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || r.enforce_retention()).await {
-                warn!(error = %e, "retention task failed");
-            }
-        }
+    spawn_periodic(
+        "retention",
+        config.retention_check_interval,
+        stop.clone(),
+        move || r.enforce_retention(),
+    );
+    spawn_periodic("checkpoint", config.checkpoint_interval, stop, move || {
+        replicas.checkpoint()
     });
-    let mut stop_b = stop;
+}
+
+/// Runs blocking `work` every `period` on the blocking pool until `stop`.
+fn spawn_periodic(
+    name: &'static str,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+    work: impl Fn() + Send + Sync + 'static,
+) {
+    let work = Arc::new(work);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(checkpoint);
+        let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop_b.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => return,
             }
-            let r = replicas.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || r.checkpoint()).await {
-                warn!(error = %e, "checkpoint task failed");
+            let work = work.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || work()).await {
+                warn!(task = name, error = %e, "housekeeping task failed");
             }
         }
     });
