@@ -491,3 +491,42 @@ async fn unknown_topics_are_refused_when_auto_creation_is_off() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("never-created"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offsets_for_times_finds_the_exact_record_inside_a_batch() {
+    let server = Server::start();
+    create_topic(&server, "times", 1).await;
+    // One batch (long linger) whose records carry explicit timestamps.
+    let producer = producer(&server, &[("linger.ms", "200")]);
+    let base = 1_700_000_000_000i64;
+    let deliveries = (0..10)
+        .map(|i| {
+            enqueue(
+                &producer,
+                FutureRecord::<(), _>::to("times")
+                    .partition(0)
+                    .payload("t")
+                    .timestamp(base + i * 1000),
+            )
+        })
+        .collect();
+    let offsets = delivered(deliveries).await;
+    assert_eq!(
+        offsets.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+    let consumer = consumer(&server);
+    for (target, expected) in [(base, 0), (base + 5500, 6), (base + 9000, 9)] {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("times", 0, Offset::Offset(target))
+            .unwrap();
+        let found = consumer
+            .offsets_for_times(tpl, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            found.find_partition("times", 0).unwrap().offset(),
+            Offset::Offset(expected),
+            "target {target}"
+        );
+    }
+}

@@ -471,6 +471,56 @@ impl BatchBuilder {
     }
 }
 
+/// Reads one zigzag varint (Kafka's record encoding) at `*pos`.
+fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
+    let mut raw: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*pos)?;
+        *pos += 1;
+        raw |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((raw >> 1) as i64 ^ -((raw & 1) as i64));
+        }
+    }
+    None
+}
+
+/// The offset and timestamp of the first record in an uncompressed,
+/// create-time batch whose timestamp is at least `target`: what ListOffsets
+/// by timestamp answers. Only the record prefixes (length, attributes,
+/// timestamp and offset deltas) are read. `None` for compressed or
+/// log-append-time batches, or when no record qualifies. Records below
+/// `min_offset` (the log start) are passed over.
+pub fn first_record_at_or_after(batch: &[u8], target: i64, min_offset: i64) -> Option<(i64, i64)> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if header.compression() != 0 || header.is_log_append_time() {
+        return None;
+    }
+    let end = (header.batch_length as usize)
+        .checked_add(12)?
+        .min(batch.len());
+    let mut pos = HEADER_SIZE;
+    for _ in 0..header.records_count {
+        let length = usize::try_from(read_varint(batch, &mut pos)?).ok()?;
+        let record_end = pos.checked_add(length)?;
+        if record_end > end {
+            return None;
+        }
+        let mut at = pos + 1; // skip the record's attributes
+        let timestamp = header
+            .base_timestamp
+            .checked_add(read_varint(batch, &mut at)?)?;
+        let offset = header
+            .base_offset
+            .checked_add(read_varint(batch, &mut at)?)?;
+        if timestamp >= target && offset >= min_offset {
+            return Some((offset, timestamp));
+        }
+        pos = record_end;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,5 +657,26 @@ mod tests {
             let _ = validate_all(&buf, Origin::Replica);
             let _ = BatchHeader::parse(&buf);
         }
+    }
+
+    #[test]
+    fn finds_the_first_record_at_or_after_a_timestamp() {
+        let b = BatchBuilder::new(1000)
+            .base_offset(40)
+            .record(1000, None, Some(b"a"))
+            .record(1005, Some(b"k"), Some(b"bb"))
+            .record(1003, None, None)
+            .record(1010, None, Some(b"dddd"))
+            .build();
+        assert_eq!(first_record_at_or_after(&b, 0, 0), Some((40, 1000)));
+        assert_eq!(first_record_at_or_after(&b, 1004, 0), Some((41, 1005)));
+        assert_eq!(first_record_at_or_after(&b, 1006, 0), Some((43, 1010)));
+        assert_eq!(first_record_at_or_after(&b, 1011, 0), None);
+        assert_eq!(first_record_at_or_after(&b, 0, 42), Some((42, 1003)));
+        assert_eq!(
+            first_record_at_or_after(&b[..70], 1006, 0),
+            None,
+            "a cut batch is not read past its end"
+        );
     }
 }

@@ -764,14 +764,24 @@ impl PartitionLog {
                 seg.find_timestamp(timestamp)?
             };
             if let Some(h) = found {
-                return Ok(Some((h.base_offset.max(log_start), h.max_timestamp)));
+                // Kafka answers with the exact record; that needs the batch's
+                // records, read here only for uncompressed batches.
+                let exact = self
+                    .read(h.base_offset.max(log_start), 1, self.log_end_offset())
+                    .ok()
+                    .and_then(|r| {
+                        crate::batch::first_record_at_or_after(&r.records, timestamp, log_start)
+                    });
+                let (offset, ts) = exact.unwrap_or((h.base_offset, h.max_timestamp));
+                return Ok(Some((offset.max(log_start), ts)));
             }
         }
         Ok(None)
     }
 
-    /// The largest batch max timestamp in the log and the base offset of the
-    /// first batch carrying it (Kafka ListOffsets MAX_TIMESTAMP).
+    /// The largest timestamp in the log and the offset of the record carrying
+    /// it (Kafka ListOffsets MAX_TIMESTAMP); the batch's base offset when its
+    /// records are compressed.
     pub fn max_timestamp(&self) -> Option<(i64, i64)> {
         let mut best: Option<(i64, i64)> = None;
         for seg in &self.segments {
@@ -780,7 +790,14 @@ impl PartitionLog {
                 best = Some((ts, seg.offset_of_max_timestamp().max(self.log_start_offset)));
             }
         }
-        best
+        let (ts, base) = best?;
+        let exact = self
+            .read(base, 1, self.log_end_offset())
+            .ok()
+            .and_then(|r| {
+                crate::batch::first_record_at_or_after(&r.records, ts, self.log_start_offset)
+            });
+        Some((ts, exact.map_or(base, |(offset, _)| offset)))
     }
 
     /// Removes everything at or after `offset` (a batch straddling `offset`

@@ -562,7 +562,7 @@ fn missing_or_corrupt_indexes_are_rebuilt() {
         let b = batches_in(&r.records);
         assert!(b[0].0 <= o && o <= b[0].1);
     }
-    assert_eq!(log.offset_for_timestamp(105).unwrap(), Some((22, 111)));
+    assert_eq!(log.offset_for_timestamp(105).unwrap(), Some((22, 110)));
 }
 
 #[test]
@@ -894,17 +894,18 @@ fn offset_for_timestamp_and_max_timestamp() {
     // An out-of-order older timestamp does not move the max.
     log.append_as_leader(&batch(2, 50), 0, 0).unwrap();
     assert!(log.segment_count() > 3);
-    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 1)));
-    assert_eq!(log.offset_for_timestamp(1).unwrap(), Some((0, 1)));
-    assert_eq!(log.offset_for_timestamp(2).unwrap(), Some((2, 101)));
-    assert_eq!(log.offset_for_timestamp(1550).unwrap(), Some((32, 1601)));
-    assert_eq!(log.offset_for_timestamp(3901).unwrap(), Some((78, 3901)));
+    // The exact record, as Kafka answers: not the batch's first or max.
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 0)));
+    assert_eq!(log.offset_for_timestamp(1).unwrap(), Some((1, 1)));
+    assert_eq!(log.offset_for_timestamp(2).unwrap(), Some((2, 100)));
+    assert_eq!(log.offset_for_timestamp(1550).unwrap(), Some((32, 1600)));
+    assert_eq!(log.offset_for_timestamp(3901).unwrap(), Some((79, 3901)));
     assert_eq!(log.offset_for_timestamp(3902).unwrap(), None);
-    assert_eq!(log.max_timestamp(), Some((3901, 78)));
+    assert_eq!(log.max_timestamp(), Some((3901, 79)));
     for i in 0..40 {
         assert_eq!(
             log.offset_for_timestamp(i * 100).unwrap(),
-            Some((2 * i, i * 100 + 1))
+            Some((2 * i, i * 100))
         );
     }
     // Below the log start nothing is returned.
