@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
 };
@@ -94,7 +94,6 @@ impl KafkaClient {
             );
         }
         let response = R::Response::decode(&mut body, version)?;
-        let _ = body.remaining();
         Ok(response)
     }
 }
