@@ -1039,4 +1039,6 @@ impl PartitionLog {
 }
 
 #[cfg(test)]
+mod corruption_tests;
+#[cfg(test)]
 mod tests;

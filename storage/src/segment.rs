@@ -272,6 +272,17 @@ impl Segment {
         self.max_timestamp = max_ts;
         self.offset_of_max_timestamp = max_off;
         self.bytes_since_index = (self.size - start) as usize;
+        // The max timestamp above starts from the last time index entry:
+        // check that its batch exists and carries that timestamp.
+        if let Some(t) = self.time_index.last() {
+            if !self.time_entry_matches(&t).unwrap_or(false) {
+                return Ok(Err(format!(
+                    "time index entry {} at offset {} matches no batch",
+                    t.timestamp,
+                    self.base_offset + i64::from(t.relative_offset)
+                )));
+            }
+        }
         Ok(Ok(()))
     }
 
@@ -584,15 +595,58 @@ impl Segment {
         })
     }
 
-    /// Position from which to scan for `offset`, per the offset index.
-    fn index_position(&self, offset: i64) -> u64 {
+    /// Position from which to scan for `offset`, per the offset index, and
+    /// the base offset of the batch the index says starts there.
+    fn index_position(&self, offset: i64) -> (u64, i64) {
         if offset <= self.base_offset {
-            return 0;
+            return (0, self.base_offset);
         }
         let rel = u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX);
         self.offset_index
             .lookup(rel)
-            .map_or(0, |e| u64::from(e.position))
+            .map_or((0, self.base_offset), |e| {
+                (
+                    u64::from(e.position),
+                    self.base_offset + i64::from(e.relative_offset),
+                )
+            })
+    }
+
+    /// [`Segment::scan_from`] the offset index position for `offset`. Only
+    /// the last index entry is checked on open, so the one used here is
+    /// checked now: if the indexed batch is not at the indexed position (a
+    /// damaged index file), the whole segment is scanned instead.
+    fn scan_indexed(
+        &self,
+        offset: i64,
+        mut f: impl FnMut(u64, &BatchHeader) -> bool,
+    ) -> Result<(), StorageError> {
+        let (start, base) = self.index_position(offset);
+        if start == 0 {
+            return self.scan_from(0, LOOKUP_WINDOW, f);
+        }
+        let mut checked = false;
+        let mut wrong = false;
+        let r = self.scan_from(start, LOOKUP_WINDOW, |pos, h| {
+            if !checked {
+                checked = true;
+                if h.base_offset != base {
+                    wrong = true;
+                    return false;
+                }
+            }
+            f(pos, h)
+        });
+        if checked && !wrong {
+            return r;
+        }
+        tracing::warn!(
+            segment = %self.log_path.display(),
+            position = start,
+            offset = base,
+            "offset index entry does not match the log, scanning the whole segment"
+        );
+        self.scan_from(0, LOOKUP_WINDOW, f)
     }
 
     /// Position and header of the first batch whose last offset is >=
@@ -602,7 +656,7 @@ impl Segment {
             return Ok(None);
         }
         let mut found = None;
-        self.scan_from(self.index_position(offset), LOOKUP_WINDOW, |pos, h| {
+        self.scan_indexed(offset, |pos, h| {
             if h.last_offset() >= offset {
                 found = Some((pos, *h));
                 false
@@ -613,13 +667,41 @@ impl Segment {
         Ok(found)
     }
 
+    /// True if the time index entry `e` is what it claims to be: the first
+    /// batch carrying the timestamp `e.timestamp` starts at its offset.
+    fn time_entry_matches(&self, e: &TimeEntry) -> Result<bool, StorageError> {
+        let offset = self.base_offset + i64::from(e.relative_offset);
+        Ok(matches!(
+            self.find_position(offset)?,
+            Some((_, h)) if h.base_offset == offset && h.max_timestamp == e.timestamp
+        ))
+    }
+
     /// Header of the first batch whose max timestamp is >= `timestamp`.
     pub fn find_timestamp(&self, timestamp: i64) -> Result<Option<BatchHeader>, StorageError> {
         if self.max_timestamp < timestamp {
             return Ok(None);
         }
+        // Every batch up to the entry's has a smaller max timestamp, if the
+        // entry is sound; a damaged one sends the scan to the start.
         let start = match self.time_index.lookup_below(timestamp) {
-            Some(e) => self.index_position(self.base_offset + i64::from(e.relative_offset)),
+            Some(e) => {
+                let offset = self.base_offset + i64::from(e.relative_offset);
+                match self.find_position(offset)? {
+                    Some((pos, h)) if h.base_offset == offset && h.max_timestamp == e.timestamp => {
+                        pos
+                    }
+                    _ => {
+                        tracing::warn!(
+                            segment = %self.log_path.display(),
+                            offset,
+                            timestamp = e.timestamp,
+                            "time index entry does not match the log, scanning the whole segment"
+                        );
+                        0
+                    }
+                }
+            }
             None => 0,
         };
         let mut found = None;
