@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on Debian/Ubuntu, skipping
 # what is already there: clang + libclang (RocksDB bindings), protobuf-compiler
-# (raft-rs), cmake + a C toolchain (librdkafka for the tests), kcat, python3-venv.
+# (raft-rs), cmake + a C toolchain (librdkafka for the tests), kcat, and
+# python3-venv when the python3 on PATH cannot make virtualenvs.
 set -euo pipefail
 
 packages=(clang libclang-dev protobuf-compiler cmake build-essential pkg-config kcat curl)
@@ -12,6 +13,10 @@ done
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is not installed: install Rust from your distribution or rustup first" >&2
   exit 1
+fi
+# Debian's own python3 needs python3-venv for `python3 -m venv`.
+if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+  missing+=(python3-venv)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
