@@ -39,22 +39,22 @@ pub fn list_offsets(
                 .map(|p| {
                     let response = ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index);
-                    let Some(partition) = broker
-                        .replicas
-                        .partition(topic.name.0.as_str(), p.partition_index)
-                    else {
-                        return response
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
-                    };
-                    let state = partition.state();
-                    if let Some(error) = leader_check(broker, &state, p.current_leader_epoch) {
-                        return response.with_error_code(error.code());
-                    }
-                    match lookup(&state, p.timestamp) {
-                        Ok((offset, timestamp)) => response
+                    let name = topic.name.0.as_str();
+                    let found = on_leader(
+                        broker,
+                        name,
+                        p.partition_index,
+                        p.current_leader_epoch,
+                        |state| {
+                            lookup(state, p.timestamp)
+                                .map(|(offset, ts)| (offset, ts, state.leader_epoch))
+                        },
+                    );
+                    match found {
+                        Ok((offset, timestamp, epoch)) => response
                             .with_offset(offset)
                             .with_timestamp(timestamp)
-                            .with_leader_epoch(if with_epoch { state.leader_epoch } else { -1 }),
+                            .with_leader_epoch(if with_epoch { epoch } else { -1 }),
                         Err(error) => response.with_error_code(error.code()),
                     }
                 })
@@ -89,11 +89,34 @@ fn lookup(state: &PartitionState, timestamp: i64) -> Result<(i64, i64), Response
     })
 }
 
+/// Runs `f` on a partition this broker leads, once the caller's view of the
+/// leader epoch has been checked against it.
+fn on_leader<T>(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    current_leader_epoch: i32,
+    f: impl FnOnce(&PartitionState) -> Result<T, ResponseError>,
+) -> Result<T, ResponseError> {
+    let partition = broker
+        .replicas
+        .partition(topic, partition)
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let state = partition.state();
+    if let Some(error) = leader_check(broker, &state, current_leader_epoch) {
+        return Err(error);
+    }
+    f(&state)
+}
+
 fn leader_check(
     broker: &Broker,
     state: &PartitionState,
     current_leader_epoch: i32,
 ) -> Option<ResponseError> {
+    if state.deleted {
+        return Some(ResponseError::UnknownTopicOrPartition);
+    }
     if state.leader != broker.config.node_id {
         return Some(ResponseError::NotLeaderOrFollower);
     }
@@ -122,25 +145,21 @@ pub fn offset_for_leader_epoch(
                         .with_partition(p.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
-                    let Some(partition) = broker
-                        .replicas
-                        .partition(topic.topic.0.as_str(), p.partition)
-                    else {
-                        return response
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
-                    };
-                    let state = partition.state();
-                    if let Some(error) = leader_check(broker, &state, p.current_leader_epoch) {
-                        return response.with_error_code(error.code());
+                    let name = topic.topic.0.as_str();
+                    let found =
+                        on_leader(broker, name, p.partition, p.current_leader_epoch, |state| {
+                            // The current epoch ends at the log end, even before
+                            // the leader has appended anything in it.
+                            Ok(if p.leader_epoch == state.leader_epoch {
+                                (state.leader_epoch, state.log.log_end_offset())
+                            } else {
+                                state.log.end_offset_for_epoch(p.leader_epoch)
+                            })
+                        });
+                    match found {
+                        Ok((epoch, end)) => response.with_leader_epoch(epoch).with_end_offset(end),
+                        Err(error) => response.with_error_code(error.code()),
                     }
-                    // The current epoch ends at the log end, even before the
-                    // leader has appended anything in it.
-                    let (epoch, end) = if p.leader_epoch == state.leader_epoch {
-                        (state.leader_epoch, state.log.log_end_offset())
-                    } else {
-                        state.log.end_offset_for_epoch(p.leader_epoch)
-                    };
-                    response.with_leader_epoch(epoch).with_end_offset(end)
                 })
                 .collect();
             OffsetForLeaderTopicResult::default()
