@@ -736,33 +736,17 @@ impl PartitionLog {
         })
     }
 
-    /// First batch (at or after the log start) whose max timestamp is >=
-    /// `timestamp`: `(offset, max timestamp of that batch)`, with the offset
-    /// being the batch's base offset (or the log start, if later).
+    /// The first record (at or after the log start) whose timestamp is >=
+    /// `timestamp`, as `(offset, timestamp)`. For a compressed batch, whose
+    /// records are not read, the batch's base offset and max timestamp.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, StorageError> {
         let log_start = self.log_start_offset;
         let first = self.segment_index(log_start);
-        for (i, seg) in self.segments.iter().enumerate().skip(first) {
+        for seg in self.segments.iter().skip(first) {
             if seg.max_timestamp() < timestamp {
                 continue;
             }
-            let found = if i == first && seg.base_offset() < log_start {
-                // Skip batches below the log start.
-                let mut found = None;
-                if let Some((pos, _)) = seg.find_position(log_start)? {
-                    seg.scan_from(pos, 16 * 1024, |_, h| {
-                        if h.max_timestamp >= timestamp {
-                            found = Some(*h);
-                            false
-                        } else {
-                            true
-                        }
-                    })?;
-                }
-                found
-            } else {
-                seg.find_timestamp(timestamp)?
-            };
+            let found = seg.find_timestamp(timestamp, log_start)?;
             if let Some(h) = found {
                 // Kafka answers with the exact record; that needs the batch's
                 // records, read here only for uncompressed batches.

@@ -677,8 +677,13 @@ impl Segment {
         ))
     }
 
-    /// Header of the first batch whose max timestamp is >= `timestamp`.
-    pub fn find_timestamp(&self, timestamp: i64) -> Result<Option<BatchHeader>, StorageError> {
+    /// Header of the first batch whose max timestamp is >= `timestamp`,
+    /// among the batches holding offsets from `min_offset` on (the log start).
+    pub fn find_timestamp(
+        &self,
+        timestamp: i64,
+        min_offset: i64,
+    ) -> Result<Option<BatchHeader>, StorageError> {
         if self.max_timestamp < timestamp {
             return Ok(None);
         }
@@ -703,6 +708,14 @@ impl Segment {
                 }
             }
             None => 0,
+        };
+        // Positions grow with offsets: skip what lies below `min_offset`.
+        let start = match min_offset > self.base_offset {
+            true => match self.find_position(min_offset)? {
+                Some((pos, _)) => start.max(pos),
+                None => return Ok(None),
+            },
+            false => start,
         };
         let mut found = None;
         self.scan_from(start, LOOKUP_WINDOW, |_, h| {
@@ -839,10 +852,10 @@ mod tests {
         }
         assert!(seg.find_position(700).unwrap().is_none());
         // Timestamps: batch i has 1000 + 10 i .. + 2.
-        let h = seg.find_timestamp(1055).unwrap().unwrap();
+        let h = seg.find_timestamp(1055, 0).unwrap().unwrap();
         assert_eq!(h.base_offset, 100 + 6 * 3);
-        assert_eq!(seg.find_timestamp(0).unwrap().unwrap().base_offset, 100);
-        assert!(seg.find_timestamp(1000 + 1990 + 3).unwrap().is_none());
+        assert_eq!(seg.find_timestamp(0, 0).unwrap().unwrap().base_offset, 100);
+        assert!(seg.find_timestamp(1000 + 1990 + 3, 0).unwrap().is_none());
         assert_eq!(seg.max_timestamp(), 1000 + 1990 + 2);
         seg.seal().unwrap();
         let entries = seg.offset_index().entries().to_vec();
