@@ -22,10 +22,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::client::KafkaClient;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     #[arg(long, short = 'b', default_value = "127.0.0.1:9092")]
     bootstrap_server: String,
     /// Messages to produce (and then consume).
@@ -46,6 +48,21 @@ pub struct BenchArgs {
     /// Producer compression.type.
     #[arg(long, default_value = "none")]
     compression: String,
+    /// Replication factor of the benchmark topic (-1: the cluster default).
+    #[arg(long, default_value_t = -1)]
+    replication_factor: i16,
+    /// Measure replication's cost: an unreplicated topic with acks=1 (the
+    /// baseline) and a topic of this replication factor with acks=all, in
+    /// one run.
+    #[arg(long, value_name = "RF")]
+    compare_replication: Option<i16>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Client-observed unavailability when a leader broker or the active
+    /// controller is killed with kill -9, on a local cluster it starts.
+    Failover(crate::failover::FailoverArgs),
 }
 
 struct Measured {
@@ -64,8 +81,14 @@ impl Measured {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if let Some(BenchCommand::Failover(failover)) = args.command {
+        return crate::failover::run(failover).await;
+    }
+    if let Some(rf) = args.compare_replication {
+        return compare_replication(args, rf).await;
+    }
     let topic = format!("sluice-bench-{}", std::process::id());
-    create_topic(&args.bootstrap_server, &topic, args.partitions).await?;
+    create_topic(&args.bootstrap_server, &topic, args.partitions, args.replication_factor).await?;
     let total_bytes = args.messages * args.size as u64;
     println!(
         "sluice bench: {} messages x {} bytes over {} partitions, acks={}, linger.ms={}, compression={}",
@@ -132,15 +155,73 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     bench.await?
 }
 
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
-    let mut client = KafkaClient::connect(bootstrap).await?;
+/// Produces and consumes through an unreplicated topic with acks=1, then
+/// through a topic of replication factor `rf` with acks=all, and reports
+/// the second as ratios of the first.
+async fn compare_replication(args: BenchArgs, rf: i16) -> Result<()> {
+    let unreplicated = format!("sluice-bench-rf1-{}", std::process::id());
+    let replicated = format!("sluice-bench-rf{rf}-{}", std::process::id());
+    create_topic(&args.bootstrap_server, &unreplicated, args.partitions, 1).await?;
+    create_topic(&args.bootstrap_server, &replicated, args.partitions, rf).await?;
+    println!(
+        "sluice bench: {} messages x {} bytes over {} partitions, linger.ms={}: RF=1 acks=1 (baseline) vs RF={rf} acks=all",
+        args.messages, args.size, args.partitions, args.linger_ms
+    );
+    let bench = tokio::task::spawn_blocking(move || -> Result<()> {
+        let base_args = BenchArgs {
+            acks: "1".into(),
+            ..args.clone()
+        };
+        let replicated_args = BenchArgs {
+            acks: "all".into(),
+            ..args.clone()
+        };
+        let (base_produced, base_latency) = produce(&base_args, &unreplicated)?;
+        let base_consumed = consume(&base_args, &unreplicated)?;
+        let (produced, latency) = produce(&replicated_args, &replicated)?;
+        let consumed = consume(&replicated_args, &replicated)?;
+        println!();
+        println!(
+            "{:<24} {:>12} {:>9} {:>12} {:>9} {:>9} {:>9}",
+            "", "produce/s", "MB/s", "consume/s", "p50 ms", "p99 ms", "p99.9 ms"
+        );
+        for (name, p, c, l) in [
+            ("RF=1 acks=1", &base_produced, &base_consumed, &base_latency),
+            (&*format!("RF={rf} acks=all"), &produced, &consumed, &latency),
+        ] {
+            println!(
+                "{:<24} {:>12.0} {:>9.1} {:>12.0} {:>9.2} {:>9.2} {:>9.2}",
+                name,
+                p.msgs_per_sec(),
+                p.mb_per_sec(),
+                c.msgs_per_sec(),
+                percentile(l, 0.50),
+                percentile(l, 0.99),
+                percentile(l, 0.999)
+            );
+        }
+        println!();
+        println!(
+            "ratios (RF={rf} acks=all / RF=1 acks=1): produce throughput {:.2}, consume throughput {:.2}, p50 latency {:.1}x, p99 latency {:.1}x",
+            produced.mb_per_sec() / base_produced.mb_per_sec(),
+            consumed.mb_per_sec() / base_consumed.mb_per_sec(),
+            percentile(&latency, 0.50) / percentile(&base_latency, 0.50).max(1e-6),
+            percentile(&latency, 0.99) / percentile(&base_latency, 0.99).max(1e-6),
+        );
+        Ok(())
+    });
+    bench.await?
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, rf: i16) -> Result<()> {
+    let mut client = crate::client::connect(bootstrap).await?;
     let response = client
         .send(
             CreateTopicsRequest::default()
                 .with_topics(vec![CreatableTopic::default()
                     .with_name(TopicName(StrBytes::from_string(topic.to_string())))
                     .with_num_partitions(partitions)
-                    .with_replication_factor(-1)])
+                    .with_replication_factor(rf)])
                 .with_timeout_ms(30_000),
         )
         .await?;

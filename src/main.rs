@@ -3,6 +3,8 @@
 mod alloc_guard;
 mod bench;
 mod client;
+mod cluster;
+mod failover;
 mod server;
 mod settings;
 mod table;
@@ -49,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: topics::TopicsCommand,
     },
+    /// Run a local multi-process cluster (controllers + brokers) and show its state.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Measure produce/consume throughput and latency with librdkafka against a running cluster.
     Bench(bench::BenchArgs),
 }
@@ -79,6 +86,7 @@ fn main() -> Result<()> {
                 bootstrap_server,
                 command,
             } => topics::run(&bootstrap_server, command).await,
+            Command::Cluster { command } => cluster::run(command).await,
             Command::Bench(args) => bench::run(args).await,
         }
     })

@@ -1,4 +1,8 @@
-//! `sluice server`: one process in combined mode (controller and broker).
+//! `sluice server`: one node, running the broker role, the controller role
+//! or both (`process.roles`). With no `controller.quorum.voters` it is a
+//! standalone combined node: its own single-voter quorum, no controller
+//! listener. In a quorum, controllers talk Raft over their controller
+//! listeners and every broker follows the metadata log from them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,23 +11,70 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use sluice_broker::controller_client::{follow_metadata_log, RemoteController};
+use sluice_broker::controller_service::{ControllerService, StreamAcceptor};
+use sluice_broker::lifecycle::BrokerLifecycle;
 use sluice_broker::{server, Broker, BrokerConfig, ReplicaManager};
+use sluice_controller::quorum::serve_peer_stream;
 use sluice_controller::{Controller, ControllerConfig, TopicDefaults};
-use sluice_metadata::controller_api::{BrokerRegistrationRequest, ControllerApi};
+use sluice_metadata::controller_api::{BrokerRegistrationRequest, ControllerApi, MetadataLogSource};
 use sluice_metadata::{Endpoint, Publisher, Uuid};
 use sluice_storage::LogConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::settings::{parse_listener, Settings};
+use crate::settings::{parse_listeners, parse_voters, Listener, Settings, Voter};
+
+/// The roles a node runs (`process.roles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Roles {
+    broker: bool,
+    controller: bool,
+}
+
+fn parse_roles(text: &str) -> Result<Roles> {
+    let mut roles = Roles {
+        broker: false,
+        controller: false,
+    };
+    for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        match role {
+            "broker" => roles.broker = true,
+            "controller" => roles.controller = true,
+            other => bail!("process.roles: unknown role {other:?} (broker, controller)"),
+        }
+    }
+    if !roles.broker && !roles.controller {
+        bail!("process.roles must name broker, controller or both");
+    }
+    Ok(roles)
+}
+
+/// The cluster id of a quorum: the same on every node without any
+/// formatting step, because it is derived from the voter list they share.
+fn cluster_id_for(voters: &[Voter]) -> String {
+    let mut text: Vec<String> = voters
+        .iter()
+        .map(|v| format!("{}@{}", v.id, v.address()))
+        .collect();
+    text.sort();
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, text.join(",").as_bytes())
+        .simple()
+        .to_string()
+}
 
 pub async fn run(settings: Settings) -> Result<()> {
-    let roles = settings.get("process.roles").replace(' ', "");
-    if roles != "broker,controller" && roles != "controller,broker" {
-        bail!("process.roles={roles}: this version runs combined nodes only (broker,controller)");
-    }
+    let roles = parse_roles(settings.get("process.roles"))?;
     let node_id: i32 = settings.parse("node.id")?;
+    let voters = parse_voters(settings.get("controller.quorum.voters"))?;
+    let standalone = voters.is_empty();
+    if standalone && !(roles.broker && roles.controller) {
+        bail!("a node with process.roles={} needs controller.quorum.voters", settings.get("process.roles"));
+    }
+    if roles.controller && !standalone && !voters.iter().any(|v| v.id == node_id) {
+        bail!("node {node_id} runs a controller but is not in controller.quorum.voters");
+    }
     let log_dir = PathBuf::from(
         settings
             .get("log.dirs")
@@ -32,56 +83,280 @@ pub async fn run(settings: Settings) -> Result<()> {
             .unwrap_or("./sluice-data"),
     );
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-    let cluster_id = load_or_create_identity(&log_dir, node_id)?;
-
+    let wanted_cluster_id = (!standalone).then(|| cluster_id_for(&voters));
+    let cluster_id = load_or_create_identity(&log_dir, node_id, wanted_cluster_id)?;
     let metadata_dir = match settings.get("metadata.log.dir") {
         "" => log_dir.join("__cluster_metadata"),
         dir => PathBuf::from(dir),
     };
     install_metrics(settings.get("metrics.listen"))?;
 
-    let listener = parse_listener(settings.get("listeners"))?;
-    let advertised = match settings.get("advertised.listeners") {
-        "" => listener.clone(),
-        text => parse_listener(text)?,
+    let controller_names: Vec<String> = settings
+        .get("controller.listener.names")
+        .split(',')
+        .map(|n| n.trim().to_string())
+        .collect();
+    let listeners = parse_listeners(settings.get("listeners"))?;
+    let controller_listener = listeners
+        .iter()
+        .find(|l| controller_names.contains(&l.name))
+        .cloned();
+    let broker_listener = listeners
+        .iter()
+        .find(|l| !controller_names.contains(&l.name))
+        .cloned();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // The broker's partitions; the controller's loader or the metadata
+    // follower publishes each image to them.
+    let replicas = if roles.broker {
+        let log_defaults = log_config(&settings)?;
+        Some(Arc::new(ReplicaManager::new(node_id, log_dir.clone(), log_defaults)?))
+    } else {
+        None
     };
-    let log_defaults = LogConfig {
-        segment_bytes: settings.parse("log.segment.bytes")?,
-        segment_ms: settings.parse("log.roll.ms")?,
-        retention_ms: settings.retention_ms()?,
-        retention_bytes: settings.parse("log.retention.bytes")?,
-        max_message_bytes: settings.parse("message.max.bytes")?,
-        index_interval_bytes: settings.parse("log.index.interval.bytes")?,
+
+    let controller = if roles.controller {
+        let publishers: Vec<Arc<dyn Publisher>> = match (&replicas, standalone) {
+            // In a quorum, a combined node's broker follows the log like any
+            // other broker; standalone, it reads the local controller's image.
+            (Some(r), true) => vec![r.clone() as Arc<dyn Publisher>],
+            _ => Vec::new(),
+        };
+        let controller = Controller::start(
+            controller_config(&settings, node_id, &metadata_dir, &voters)?,
+            publishers,
+        )?;
+        if let Some(listener) = &controller_listener {
+            let socket = TcpListener::bind(bind_address(listener)?)
+                .await
+                .with_context(|| format!("binding the controller listener on {}:{}", listener.host, listener.port))?;
+            let voter_endpoints = voters.iter().map(|v| (v.id, v.host.clone(), v.port)).collect();
+            let quorum = controller.quorum().clone();
+            let raft_streams: StreamAcceptor = Arc::new(move |reader, _peer| {
+                Box::pin(serve_peer_stream(reader, quorum.clone()))
+            });
+            let mut service = ControllerService::new(
+                node_id,
+                cluster_id.clone(),
+                controller.clone() as Arc<dyn ControllerApi>,
+                controller.clone() as Arc<dyn MetadataLogSource>,
+                raft_streams,
+                voter_endpoints,
+            );
+            service.max_request_bytes = settings.parse("socket.request.max.bytes")?;
+            tasks.push(tokio::spawn(server::run(socket, Arc::new(service), stop_rx.clone())));
+        } else if !standalone {
+            bail!("node {node_id} runs a controller in a quorum but has no controller listener (listeners with a name in controller.listener.names)");
+        }
+        spawn_quorum_metrics(&controller);
+        Some(controller)
+    } else {
+        None
     };
-    let bind: SocketAddr = format!("{}:{}", listener.host, listener.port)
+
+    if let Some(controller) = &controller {
+        let limit = if standalone { Duration::from_secs(30) } else { Duration::from_secs(600) };
+        controller.wait_ready(limit).await?;
+    }
+
+    let mut lifecycle = None;
+    if let Some(replicas) = &replicas {
+        let listener = broker_listener
+            .clone()
+            .context("a broker needs a listener that is not a controller listener")?;
+        let advertised = match settings.get("advertised.listeners") {
+            "" => listener.clone(),
+            text => parse_listeners(text)?
+                .into_iter()
+                .find(|l| l.name == listener.name)
+                .unwrap_or(listener.clone()),
+        };
+        let bind = bind_address(&listener)?;
+        let mut broker_config = broker_config(&settings, node_id, &cluster_id, &log_dir, bind)?;
+        broker_config.advertised_host = if advertised.host == "0.0.0.0" {
+            "127.0.0.1".into()
+        } else {
+            advertised.host.clone()
+        };
+        let socket = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding the Kafka listener on {bind}"))?;
+        let bound = socket.local_addr()?;
+        let advertised_port = if advertised.port == 0 { bound.port() } else { advertised.port };
+        broker_config.advertised_port = advertised_port;
+
+        let (controller_api, image): (Arc<dyn ControllerApi>, _) = match (&controller, standalone) {
+            (Some(c), true) => (c.clone() as Arc<dyn ControllerApi>, c.subscribe_image()),
+            _ => {
+                let addresses: Vec<(i32, String)> =
+                    voters.iter().map(|v| (v.id, v.address())).collect();
+                let remote = RemoteController::new(
+                    cluster_id.clone(),
+                    addresses.clone(),
+                    Duration::from_secs(30),
+                );
+                let image = follow_metadata_log(
+                    node_id,
+                    addresses,
+                    vec![replicas.clone() as Arc<dyn Publisher>],
+                    stop_rx.clone(),
+                );
+                (Arc::new(remote) as Arc<dyn ControllerApi>, image)
+            }
+        };
+        let broker = Arc::new(Broker::new(
+            broker_config.clone(),
+            replicas.clone(),
+            controller_api.clone(),
+            bound.port(),
+        ));
+        let registration = BrokerRegistrationRequest {
+            broker_id: node_id,
+            incarnation_id: Uuid::new_v4(),
+            endpoints: vec![Endpoint {
+                listener: advertised.name.clone(),
+                host: broker_config.advertised_host.clone(),
+                port: advertised_port,
+            }],
+            rack: None,
+        };
+        let broker_lifecycle = BrokerLifecycle::new(
+            controller_api,
+            replicas.clone(),
+            registration,
+            image,
+            Duration::from_millis(settings.parse("broker.heartbeat.interval.ms")?),
+        );
+        broker_lifecycle
+            .start(Duration::from_secs(if standalone { 30 } else { 600 }))
+            .await
+            .context("joining the cluster")?;
+        broker_lifecycle.spawn_heartbeats(stop_rx.clone());
+        replicas.remove_strays();
+        sluice_broker::fetcher::start_replication(&broker, stop_rx.clone());
+        tasks.push(tokio::spawn(server::run(socket, broker, stop_rx.clone())));
+        spawn_housekeeping(replicas.clone(), &broker_config, stop_rx.clone());
+        lifecycle = Some(broker_lifecycle);
+        // Tests and scripts wait for this line.
+        println!(
+            "Sluice is serving Kafka on {}:{} (node {node_id}, data in {})",
+            broker_config.advertised_host,
+            advertised_port,
+            log_dir.display()
+        );
+    } else if let Some(listener) = &controller_listener {
+        println!(
+            "Sluice controller {node_id} is serving the metadata quorum on {}:{} (data in {})",
+            listener.host,
+            listener.port,
+            log_dir.display()
+        );
+    }
+
+    wait_for_signal().await;
+    info!("shutting down");
+    if let Some(lifecycle) = &lifecycle {
+        if settings.parse("controlled.shutdown.enable")? {
+            lifecycle.controlled_shutdown(Duration::from_secs(30)).await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    if let Some(replicas) = &replicas {
+        replicas.close_all();
+    }
+    if let Some(controller) = &controller {
+        controller.shutdown().await;
+    }
+    info!("stopped cleanly");
+    Ok(())
+}
+
+fn bind_address(listener: &Listener) -> Result<SocketAddr> {
+    format!("{}:{}", listener.host, listener.port)
         .parse()
         .or_else(|_| {
             std::net::ToSocketAddrs::to_socket_addrs(&(listener.host.as_str(), listener.port))
                 .ok()
                 .and_then(|mut a| a.next())
                 .context("cannot resolve the listener's host")
-        })?;
-    let mut broker_config = BrokerConfig::for_dev(log_dir.clone(), bind);
-    broker_config.node_id = node_id;
-    broker_config.cluster_id = cluster_id;
-    broker_config.advertised_host = if advertised.host == "0.0.0.0" {
-        "127.0.0.1".into()
-    } else {
-        advertised.host.clone()
-    };
-    broker_config.advertised_port = advertised.port;
-    broker_config.auto_create_topics = settings.parse("auto.create.topics.enable")?;
-    broker_config.num_partitions = settings.parse("num.partitions")?;
-    broker_config.default_replication_factor = settings.parse("default.replication.factor")?;
-    broker_config.min_insync_replicas = settings.parse("min.insync.replicas")?;
-    broker_config.log = log_defaults.clone();
-    broker_config.socket_request_max_bytes = settings.parse("socket.request.max.bytes")?;
-    broker_config.max_connections = settings.parse("max.connections")?;
-    broker_config.retention_check_interval =
+        })
+}
+
+fn log_config(settings: &Settings) -> Result<LogConfig> {
+    Ok(LogConfig {
+        segment_bytes: settings.parse("log.segment.bytes")?,
+        segment_ms: settings.parse("log.roll.ms")?,
+        retention_ms: settings.retention_ms()?,
+        retention_bytes: settings.parse("log.retention.bytes")?,
+        max_message_bytes: settings.parse("message.max.bytes")?,
+        index_interval_bytes: settings.parse("log.index.interval.bytes")?,
+    })
+}
+
+fn controller_config(
+    settings: &Settings,
+    node_id: i32,
+    metadata_dir: &Path,
+    voters: &[Voter],
+) -> Result<ControllerConfig> {
+    let mut config = ControllerConfig::standalone(
+        node_id,
+        metadata_dir.to_path_buf(),
+        TopicDefaults {
+            num_partitions: settings.parse("num.partitions")?,
+            replication_factor: settings.parse("default.replication.factor")?,
+        },
+    );
+    config.voters = voters.iter().map(|v| (v.id, v.address())).collect();
+    config.snapshot_every_entries = settings.parse("metadata.snapshot.max.records")?;
+    config.broker_session_timeout =
+        Duration::from_millis(settings.parse("broker.session.timeout.ms")?);
+    config.unclean_leader_election = settings.parse("unclean.leader.election.enable")?;
+    config.auto_leader_rebalance = settings.parse("auto.leader.rebalance.enable")?;
+    config.leader_imbalance_check_interval =
+        Duration::from_secs(settings.parse("leader.imbalance.check.interval.seconds")?);
+    Ok(config)
+}
+
+fn broker_config(
+    settings: &Settings,
+    node_id: i32,
+    cluster_id: &str,
+    log_dir: &Path,
+    bind: SocketAddr,
+) -> Result<BrokerConfig> {
+    let log_defaults = log_config(settings)?;
+    let mut config = BrokerConfig::for_dev(log_dir.to_path_buf(), bind);
+    config.node_id = node_id;
+    config.cluster_id = cluster_id.to_string();
+    config.auto_create_topics = settings.parse("auto.create.topics.enable")?;
+    config.num_partitions = settings.parse("num.partitions")?;
+    config.default_replication_factor = settings.parse("default.replication.factor")?;
+    config.min_insync_replicas = settings.parse("min.insync.replicas")?;
+    config.log = log_defaults.clone();
+    config.socket_request_max_bytes = settings.parse("socket.request.max.bytes")?;
+    config.max_connections = settings.parse("max.connections")?;
+    config.retention_check_interval =
         Duration::from_millis(settings.parse("log.retention.check.interval.ms")?);
-    broker_config.checkpoint_interval =
+    config.checkpoint_interval =
         Duration::from_millis(settings.parse("replica.high.watermark.checkpoint.interval.ms")?);
-    broker_config.settings = settings.described();
+    config.replica_lag_time_max =
+        Duration::from_millis(settings.parse("replica.lag.time.max.ms")?);
+    config.replica_fetch_wait_max =
+        Duration::from_millis(settings.parse("replica.fetch.wait.max.ms")?);
+    config.replica_fetch_min_bytes = settings.parse("replica.fetch.min.bytes")?;
+    config.replica_socket_timeout =
+        Duration::from_millis(settings.parse("replica.socket.timeout.ms")?);
+    config.replica_fetch_max_bytes = settings.parse("replica.fetch.max.bytes")?;
+    config.replica_fetch_response_max_bytes = settings.parse("replica.fetch.response.max.bytes")?;
+    config.replica_fetch_backoff =
+        Duration::from_millis(settings.parse("replica.fetch.backoff.ms")?);
+    config.settings = settings.described();
     // Topics see the retention in force, whichever of Kafka's spellings set it.
     let retention_set = [
         "log.retention.ms",
@@ -89,90 +364,21 @@ pub async fn run(settings: Settings) -> Result<()> {
         "log.retention.hours",
     ]
     .iter()
-    .any(|k| {
-        broker_config
-            .settings
-            .get(*k)
-            .is_some_and(|(_, explicit)| *explicit)
-    });
-    broker_config.settings.insert(
+    .any(|k| config.settings.get(*k).is_some_and(|(_, explicit)| *explicit));
+    config.settings.insert(
         "log.retention.ms".into(),
         (log_defaults.retention_ms.to_string(), retention_set),
     );
-
-    let replicas = Arc::new(ReplicaManager::new(node_id, log_dir.clone(), log_defaults)?);
-    let controller = Controller::start(
-        ControllerConfig {
-            node_id,
-            data_dir: metadata_dir,
-            defaults: TopicDefaults {
-                num_partitions: broker_config.num_partitions,
-                replication_factor: broker_config.default_replication_factor,
-            },
-            request_timeout: Duration::from_secs(30),
-            snapshot_every_entries: settings.parse("metadata.snapshot.max.records")?,
-        },
-        vec![replicas.clone() as Arc<dyn Publisher>],
-    )
-    .await?;
-    replicas.remove_strays();
-
-    let socket = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("binding the Kafka listener on {bind}"))?;
-    let bound = socket.local_addr()?;
-    let broker_config_port = if advertised.port == 0 {
-        bound.port()
-    } else {
-        advertised.port
-    };
-    let epoch = controller
-        .register_broker(BrokerRegistrationRequest {
-            broker_id: node_id,
-            incarnation_id: Uuid::new_v4(),
-            endpoints: vec![Endpoint {
-                listener: advertised.name.clone(),
-                host: broker_config.advertised_host.clone(),
-                port: broker_config_port,
-            }],
-            rack: None,
-        })
-        .await
-        .context("registering the broker with the controller")?;
-    info!(node_id, broker_epoch = epoch, "broker registered");
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let broker = Arc::new(Broker::new(
-        broker_config.clone(),
-        replicas.clone(),
-        controller.clone() as Arc<dyn ControllerApi>,
-        bound.port(),
-    ));
-    let server_task = tokio::spawn(server::run(socket, broker, stop_rx.clone()));
-    spawn_housekeeping(replicas.clone(), &broker_config, stop_rx);
-    spawn_quorum_metrics(&controller);
-
-    // Tests and scripts wait for this line.
-    println!(
-        "Sluice is serving Kafka on {}:{} (node {node_id}, data in {})",
-        broker_config.advertised_host,
-        broker_config_port,
-        log_dir.display()
-    );
-
-    wait_for_signal().await;
-    info!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
-    replicas.close_all();
-    controller.shutdown().await;
-    info!("stopped cleanly");
-    Ok(())
+    Ok(config)
 }
 
 /// Reads `meta.properties`, or writes it on first start: the cluster id and
 /// the node id this directory belongs to.
-fn load_or_create_identity(log_dir: &Path, node_id: i32) -> Result<String> {
+fn load_or_create_identity(
+    log_dir: &Path,
+    node_id: i32,
+    wanted_cluster_id: Option<String>,
+) -> Result<String> {
     let path = log_dir.join("meta.properties");
     if let Ok(text) = std::fs::read_to_string(&path) {
         let get = |key: &str| {
@@ -189,11 +395,19 @@ fn load_or_create_identity(log_dir: &Path, node_id: i32) -> Result<String> {
                 stored_node
             );
         }
-        return get("cluster.id").with_context(|| format!("{} has no cluster.id", path.display()));
+        let stored = get("cluster.id")
+            .with_context(|| format!("{} has no cluster.id", path.display()))?;
+        if let Some(wanted) = wanted_cluster_id.filter(|w| *w != stored) {
+            bail!(
+                "{} belongs to cluster {stored}, but controller.quorum.voters describes cluster {wanted}",
+                path.display()
+            );
+        }
+        return Ok(stored);
     }
     // Kafka cluster ids are base64url-encoded UUIDs; a plain UUID string is
     // accepted by every client and easier to read.
-    let cluster_id = Uuid::new_v4().simple().to_string();
+    let cluster_id = wanted_cluster_id.unwrap_or_else(|| Uuid::new_v4().simple().to_string());
     let text = format!("version=1\ncluster.id={cluster_id}\nnode.id={node_id}\n");
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;
@@ -279,7 +493,7 @@ fn spawn_quorum_metrics(controller: &Arc<Controller>) {
     });
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

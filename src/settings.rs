@@ -35,6 +35,21 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("max.connections", "10000"),
     ("replica.high.watermark.checkpoint.interval.ms", "5000"),
     ("metadata.snapshot.max.records", "20000"),
+    ("controller.quorum.voters", ""),
+    ("controller.listener.names", "CONTROLLER"),
+    ("broker.session.timeout.ms", "9000"),
+    ("broker.heartbeat.interval.ms", "2000"),
+    ("controlled.shutdown.enable", "true"),
+    ("replica.lag.time.max.ms", "30000"),
+    ("replica.fetch.wait.max.ms", "500"),
+    ("replica.fetch.min.bytes", "1"),
+    ("replica.socket.timeout.ms", "30000"),
+    ("replica.fetch.max.bytes", "1048576"),
+    ("replica.fetch.response.max.bytes", "10485760"),
+    ("replica.fetch.backoff.ms", "1000"),
+    ("unclean.leader.election.enable", "false"),
+    ("auto.leader.rebalance.enable", "true"),
+    ("leader.imbalance.check.interval.seconds", "300"),
     ("metrics.listen", "127.0.0.1:9464"),
 ];
 
@@ -182,6 +197,49 @@ pub struct Listener {
     pub port: u16,
 }
 
+/// Every listener of a comma-separated `listeners` value.
+pub fn parse_listeners(text: &str) -> Result<Vec<Listener>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(parse_listener)
+        .collect()
+}
+
+/// A voter of `controller.quorum.voters`: `id@host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Voter {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+pub fn parse_voters(text: &str) -> Result<Vec<Voter>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let (id, address) = v
+                .split_once('@')
+                .with_context(|| format!("voter {v:?} is not of the form id@host:port"))?;
+            let (host, port) = address
+                .rsplit_once(':')
+                .with_context(|| format!("voter {v:?} has no port"))?;
+            Ok(Voter {
+                id: id.parse().with_context(|| format!("voter {v:?} has a bad id"))?,
+                host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+                port: port.parse().with_context(|| format!("voter {v:?} has a bad port"))?,
+            })
+        })
+        .collect()
+}
+
 pub fn parse_listener(text: &str) -> Result<Listener> {
     let first = text.split(',').next().unwrap_or("").trim();
     let (name, address) = first
@@ -255,5 +313,16 @@ mod tests {
         assert_eq!((l.host.as_str(), l.port), ("127.0.0.1", 9092));
         assert_eq!(parse_listener("PLAINTEXT://:0").unwrap().host, "0.0.0.0");
         assert!(parse_listener("127.0.0.1:9092").is_err());
+        let all = parse_listeners("PLAINTEXT://127.0.0.1:9092, CONTROLLER://127.0.0.1:9093").unwrap();
+        assert_eq!(all[1].name, "CONTROLLER");
+    }
+
+    #[test]
+    fn voters() {
+        let v = parse_voters("1@127.0.0.1:9093,2@localhost:9094").unwrap();
+        assert_eq!(v[1], Voter { id: 2, host: "localhost".into(), port: 9094 });
+        assert!(parse_voters("1@127.0.0.1").is_err());
+        assert!(parse_voters("x@127.0.0.1:1").is_err());
+        assert!(parse_voters("").unwrap().is_empty());
     }
 }

@@ -91,7 +91,7 @@ fn key_value(pair: &str) -> Result<(String, String)> {
 }
 
 pub async fn run(bootstrap: &str, command: TopicsCommand) -> Result<()> {
-    let mut client = KafkaClient::connect(bootstrap).await?;
+    let mut client = crate::client::connect(bootstrap).await?;
     match command {
         TopicsCommand::Create {
             name: topic,
@@ -267,6 +267,7 @@ async fn fetch_metadata(client: &mut KafkaClient, names: &[String]) -> Result<Me
                 .with_allow_auto_topic_creation(false),
         )
         .await
+        .context("fetching metadata")
 }
 
 async fn describe(client: &mut KafkaClient, names: &[String]) -> Result<()> {

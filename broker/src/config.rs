@@ -37,6 +37,21 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// `replica.high.watermark.checkpoint.interval.ms`
     pub checkpoint_interval: Duration,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up for this
+    /// long leaves the ISR; the leader checks every half of it.
+    pub replica_lag_time_max: Duration,
+    /// `replica.fetch.wait.max.ms`: how long a follower's fetch may wait at the leader.
+    pub replica_fetch_wait_max: Duration,
+    /// `replica.fetch.min.bytes`
+    pub replica_fetch_min_bytes: i32,
+    /// `replica.fetch.max.bytes`: per partition in one follower fetch.
+    pub replica_fetch_max_bytes: i32,
+    /// `replica.fetch.response.max.bytes`: the whole follower fetch response.
+    pub replica_fetch_response_max_bytes: i32,
+    /// `replica.fetch.backoff.ms`: the pause after a fetch error.
+    pub replica_fetch_backoff: Duration,
+    /// `replica.socket.timeout.ms`: how long a follower waits for the leader's answer.
+    pub replica_socket_timeout: Duration,
     /// Every broker setting in force, for DescribeConfigs: name -> (value, set explicitly).
     pub settings: BTreeMap<String, (String, bool)>,
 }
@@ -60,6 +75,13 @@ impl BrokerConfig {
             max_connections: 10_000,
             retention_check_interval: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(5),
+            replica_lag_time_max: Duration::from_millis(30_000),
+            replica_fetch_wait_max: Duration::from_millis(500),
+            replica_fetch_min_bytes: 1,
+            replica_fetch_max_bytes: 1_048_576,
+            replica_fetch_response_max_bytes: 10_485_760,
+            replica_fetch_backoff: Duration::from_millis(1_000),
+            replica_socket_timeout: Duration::from_millis(30_000),
             settings: BTreeMap::new(),
         }
     }

@@ -2,11 +2,21 @@
 //! the replica manager that keeps this broker's partition logs.
 
 pub mod config;
+pub mod controller_client;
+pub mod controller_service;
 mod errors;
+pub mod fetcher;
 mod handlers;
+pub mod isr;
+pub mod kafka_client;
+pub mod lifecycle;
 pub mod replica;
+#[cfg(test)]
+mod replication_tests;
 pub mod server;
 
 pub use config::BrokerConfig;
+pub use fetcher::start_replication;
 pub use handlers::Broker;
+pub use kafka_client::{ClientError, KafkaClient};
 pub use replica::ReplicaManager;

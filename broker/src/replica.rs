@@ -7,13 +7,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sluice_metadata::controller_api::{ControllerApi, ControllerError, IsrChange};
 use sluice_metadata::{MetadataDelta, MetadataImage, PartitionRegistration, Publisher, Uuid};
 use sluice_storage::{LogConfig, PartitionLog, StorageError};
-use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, error, info, warn};
+
+use crate::isr::{self, FollowerState, PendingIsr};
 
 /// Marks a partition directory with the id of the topic it belongs to, so a
 /// directory left from a deleted topic of the same name is never reused.
@@ -63,16 +67,43 @@ pub fn high_watermark(leader_end: i64, follower_ends: &[i64]) -> i64 {
     follower_ends.iter().copied().fold(leader_end, i64::min)
 }
 
+/// How long a leader waits before proposing another ISR change after the
+/// controller refused one or could not be reached.
+const ISR_RETRY_BACKOFF_MS: i64 = 500;
+
 #[derive(Debug)]
 pub struct PartitionState {
     pub log: PartitionLog,
     pub leader: i32,
     pub leader_epoch: i32,
+    /// Bumped by the controller on every change of the registration
+    /// (AlterPartition names the one it is based on).
+    pub partition_epoch: i32,
     pub replicas: Vec<i32>,
+    /// The committed ISR.
     pub isr: Vec<i32>,
     /// Set when the topic is deleted: requests still holding the partition
     /// must not write into a directory that is going away.
     pub deleted: bool,
+    /// Leader only: what it knows of each follower.
+    pub followers: HashMap<i32, FollowerState>,
+    /// Leader only: the ISR change sent to the controller and not yet answered.
+    pub pending_isr: Option<PendingIsr>,
+    /// Leader only: the log end when this leader epoch began.
+    pub leader_epoch_start_offset: i64,
+    /// Leader only: no ISR change is proposed before this time.
+    pub isr_retry_at_ms: i64,
+    /// Follower only: the log may hold a tail the leader does not have; it is
+    /// truncated (OffsetForLeaderEpoch) before fetching.
+    pub needs_truncation: bool,
+}
+
+impl PartitionState {
+    /// The ISR the high watermark and acks=all respect: the committed ISR
+    /// plus replicas being added (Kafka's `maximalIsr`).
+    pub fn maximal_isr(&self) -> Vec<i32> {
+        isr::maximal_isr(&self.isr, self.pending_isr.as_ref())
+    }
 }
 
 pub struct Partition {
@@ -102,6 +133,12 @@ pub struct ReplicaManager {
     image: RwLock<Arc<MetadataImage>>,
     /// Woken on every append, for fetches waiting on new data.
     appended: Notify,
+    /// This broker's epoch from its registration (-1 until registered).
+    broker_epoch: AtomicI64,
+    /// Partitions this broker follows, by leader: what the fetchers fetch.
+    fetch_targets: Mutex<HashMap<i32, BTreeMap<TopicPartition, Arc<Partition>>>>,
+    /// Bumped whenever the fetch targets or a follower's leader epoch change.
+    targets_changed: watch::Sender<u64>,
 }
 
 impl ReplicaManager {
@@ -114,7 +151,69 @@ impl ReplicaManager {
             partitions: RwLock::new(HashMap::new()),
             image: RwLock::new(MetadataImage::empty()),
             appended: Notify::new(),
+            broker_epoch: AtomicI64::new(-1),
+            fetch_targets: Mutex::new(HashMap::new()),
+            targets_changed: watch::channel(0).0,
         })
+    }
+
+    /// The broker epoch the controller gave this broker's registration;
+    /// AlterPartition requests carry it.
+    pub fn set_broker_epoch(&self, epoch: i64) {
+        self.broker_epoch.store(epoch, Ordering::SeqCst);
+    }
+
+    pub fn broker_epoch(&self) -> i64 {
+        self.broker_epoch.load(Ordering::SeqCst)
+    }
+
+    /// The partitions this broker follows from `leader`.
+    pub fn fetch_targets(&self, leader: i32) -> Vec<Arc<Partition>> {
+        let targets = self.fetch_targets.lock().unwrap_or_else(|p| p.into_inner());
+        targets
+            .get(&leader)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The leaders this broker follows at least one partition from.
+    pub fn followed_leaders(&self) -> Vec<i32> {
+        let targets = self.fetch_targets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut leaders: Vec<i32> = targets
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(l, _)| *l)
+            .collect();
+        leaders.sort_unstable();
+        leaders
+    }
+
+    /// Changes whenever the fetch targets or a followed partition's leader
+    /// epoch change.
+    pub fn subscribe_fetch_targets(&self) -> watch::Receiver<u64> {
+        self.targets_changed.subscribe()
+    }
+
+    fn targets_changed(&self) {
+        self.targets_changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Follow `partition` from `leader`, or from nobody.
+    fn set_fetch_target(&self, partition: &Arc<Partition>, leader: Option<i32>) {
+        let key = (partition.topic.clone(), partition.index);
+        let mut targets = self.fetch_targets.lock().unwrap_or_else(|p| p.into_inner());
+        for (l, m) in targets.iter_mut() {
+            if Some(*l) != leader {
+                m.remove(&key);
+            }
+        }
+        targets.retain(|_, m| !m.is_empty());
+        if let Some(leader) = leader {
+            targets
+                .entry(leader)
+                .or_default()
+                .insert(key, partition.clone());
+        }
     }
 
     pub fn node_id(&self) -> i32 {
@@ -149,17 +248,231 @@ impl ReplicaManager {
         self.appended.notify_waiters();
     }
 
-    /// Recomputes the high watermark of a partition this broker leads.
-    pub fn update_high_watermark(&self, state: &mut PartitionState) {
-        if state.leader != self.node_id {
-            return;
+    /// Recomputes the high watermark of a partition this broker leads: the
+    /// smallest log end among the maximal ISR, and only ever forward.
+    /// Returns true if it moved.
+    pub fn update_high_watermark(&self, state: &mut PartitionState) -> bool {
+        if state.leader != self.node_id || state.deleted {
+            return false;
         }
-        // Followers do not replicate yet, so the leader is the whole ISR it
-        // can count; replication (the cluster issue) feeds follower positions here.
-        let hw = high_watermark(state.log.log_end_offset(), &[]);
+        let hw = isr::leader_high_watermark(
+            self.node_id,
+            state.log.log_end_offset(),
+            &state.maximal_isr(),
+            &state.followers,
+        );
         if hw > state.log.high_watermark() {
             state.log.set_high_watermark(hw);
+            true
+        } else {
+            false
         }
+    }
+
+    /// Leader side of a follower's fetch at `fetch_offset`: records the
+    /// follower's position, moves the high watermark, and proposes adding
+    /// the follower to the ISR once it has caught up. Returns whether the
+    /// high watermark moved and the ISR change to send, if any.
+    pub fn record_follower_fetch(
+        &self,
+        partition: &Partition,
+        state: &mut PartitionState,
+        replica: i32,
+        fetch_offset: i64,
+        now_ms: i64,
+    ) -> (bool, Option<IsrChange>) {
+        let leader_end = state.log.log_end_offset();
+        let previous =
+            state.followers.get(&replica).copied().unwrap_or_else(|| {
+                FollowerState::on_leadership(None, false, true, leader_end, now_ms)
+            });
+        state.followers.insert(
+            replica,
+            previous.after_fetch(fetch_offset, leader_end, now_ms),
+        );
+        let moved = self.update_high_watermark(state);
+        let expand = self.maybe_expand_isr(partition, state, replica, fetch_offset, now_ms);
+        (moved, expand)
+    }
+
+    fn maybe_expand_isr(
+        &self,
+        partition: &Partition,
+        state: &mut PartitionState,
+        replica: i32,
+        follower_end: i64,
+        now_ms: i64,
+    ) -> Option<IsrChange> {
+        if state.pending_isr.is_some()
+            || now_ms < state.isr_retry_at_ms
+            || state.isr.contains(&replica)
+            || !state.replicas.contains(&replica)
+            || self.broker_epoch() < 0
+            || !isr::may_join_isr(
+                follower_end,
+                state.log.high_watermark(),
+                state.leader_epoch_start_offset,
+            )
+        {
+            return None;
+        }
+        let eligible = self
+            .image()
+            .brokers
+            .get(&replica)
+            .is_some_and(|b| !b.fenced);
+        if !eligible {
+            return None;
+        }
+        let mut new_isr = state.isr.clone();
+        new_isr.push(replica);
+        info!(topic = %partition.topic, partition = partition.index, replica, isr = ?new_isr, "expanding the ISR");
+        Some(self.propose_isr(partition, state, new_isr))
+    }
+
+    fn propose_isr(
+        &self,
+        partition: &Partition,
+        state: &mut PartitionState,
+        new_isr: Vec<i32>,
+    ) -> IsrChange {
+        state.pending_isr = Some(PendingIsr {
+            new_isr: new_isr.clone(),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+        });
+        IsrChange {
+            topic_id: partition.topic_id,
+            partition: partition.index,
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            new_isr,
+        }
+    }
+
+    /// The ISR shrinks due now: followers in the ISR of partitions this
+    /// broker leads that have not caught up for `lag_max_ms`
+    /// (`replica.lag.time.max.ms`). Marks each change pending.
+    pub fn isr_shrinks(&self, lag_max_ms: i64) -> Vec<(Arc<Partition>, IsrChange)> {
+        if self.broker_epoch() < 0 {
+            return Vec::new();
+        }
+        let now = now_ms();
+        let mut changes = Vec::new();
+        for partition in self.partitions() {
+            let mut state = partition.state();
+            if state.deleted
+                || state.leader != self.node_id
+                || state.pending_isr.is_some()
+                || now < state.isr_retry_at_ms
+            {
+                continue;
+            }
+            let out = isr::out_of_sync_replicas(
+                self.node_id,
+                &state.isr,
+                &state.followers,
+                state.log.log_end_offset(),
+                now,
+                lag_max_ms,
+            );
+            if out.is_empty() {
+                continue;
+            }
+            let new_isr: Vec<i32> = state
+                .isr
+                .iter()
+                .copied()
+                .filter(|id| !out.contains(id))
+                .collect();
+            if new_isr.is_empty() {
+                continue;
+            }
+            info!(
+                topic = %partition.topic,
+                partition = partition.index,
+                out_of_sync = ?out,
+                isr = ?new_isr,
+                "shrinking the ISR"
+            );
+            let change = self.propose_isr(&partition, &mut state, new_isr);
+            drop(state);
+            changes.push((partition, change));
+        }
+        changes
+    }
+
+    /// Sends ISR changes (each already marked pending) to the controller and
+    /// applies the answers. A refused or failed change is dropped and
+    /// proposed again later from the state then current.
+    pub async fn alter_isr(
+        &self,
+        controller: &dyn ControllerApi,
+        batch: Vec<(Arc<Partition>, IsrChange)>,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let changes: Vec<IsrChange> = batch.iter().map(|(_, c)| c.clone()).collect();
+        let mut results = controller
+            .alter_partition(self.node_id, self.broker_epoch(), changes)
+            .await
+            .into_iter();
+        let now = now_ms();
+        for (partition, change) in &batch {
+            let result = results.next().unwrap_or_else(|| {
+                Err(ControllerError::Internal(
+                    "the controller gave no answer for this change".into(),
+                ))
+            });
+            let mut state = partition.state();
+            let still_ours = state.pending_isr.as_ref().is_some_and(|p| {
+                p.leader_epoch == change.leader_epoch
+                    && p.partition_epoch == change.partition_epoch
+                    && p.new_isr == change.new_isr
+            });
+            if !still_ours {
+                // Newer metadata already superseded this change.
+                continue;
+            }
+            state.pending_isr = None;
+            match result {
+                Ok(committed) => {
+                    if committed.leader == self.node_id
+                        && committed.leader_epoch == state.leader_epoch
+                        && committed.partition_epoch > state.partition_epoch
+                    {
+                        state.isr = committed.isr;
+                        state.partition_epoch = committed.partition_epoch;
+                    }
+                    info!(
+                        topic = %partition.topic,
+                        partition = partition.index,
+                        isr = ?state.isr,
+                        partition_epoch = state.partition_epoch,
+                        "ISR change committed"
+                    );
+                }
+                Err(e) => {
+                    state.isr_retry_at_ms = now + ISR_RETRY_BACKOFF_MS;
+                    match e {
+                        ControllerError::FencedLeaderEpoch(_)
+                        | ControllerError::NotLeader(_)
+                        | ControllerError::InvalidUpdateVersion(_) => {
+                            // Our view is stale: the metadata brings the
+                            // current state; propose again from that.
+                            info!(topic = %partition.topic, partition = partition.index, error = %e, "ISR change refused; waiting for newer metadata")
+                        }
+                        _ => {
+                            warn!(topic = %partition.topic, partition = partition.index, error = %e, "ISR change failed; will retry")
+                        }
+                    }
+                }
+            }
+            // A shrink lets the high watermark move; a dropped expand may too.
+            self.update_high_watermark(&mut state);
+        }
+        self.notify_appended();
     }
 
     fn partition_dir(&self, topic: &str, index: i32) -> PathBuf {
@@ -205,40 +518,146 @@ impl ReplicaManager {
             self.remove_replica(&stale.topic, stale.index);
         }
         if let Some(existing) = self.partition(&topic.name, index) {
-            let mut state = existing.state();
-            state.leader = reg.leader;
-            state.leader_epoch = reg.leader_epoch;
-            state.replicas = reg.replicas.clone();
-            state.isr = reg.isr.clone();
+            let (follow, epoch_changed) = {
+                let mut state = existing.state();
+                self.apply_registration(&existing, &mut state, reg)
+            };
+            self.set_fetch_target(&existing, follow);
+            if epoch_changed {
+                self.targets_changed();
+            }
             return;
         }
         let config = effective_log_config(&self.log_defaults, image.topic_config(&topic.name));
         match self.open_log(&topic.name, topic_id, index, config) {
             Ok(log) => {
-                let mut state = PartitionState {
-                    log,
-                    leader: reg.leader,
-                    leader_epoch: reg.leader_epoch,
-                    replicas: reg.replicas.clone(),
-                    isr: reg.isr.clone(),
-                    deleted: false,
-                };
-                self.update_high_watermark(&mut state);
                 let partition = Arc::new(Partition {
                     topic: topic.name.clone(),
                     topic_id,
                     index,
-                    state: Mutex::new(state),
+                    state: Mutex::new(PartitionState {
+                        log,
+                        leader: sluice_metadata::NO_LEADER,
+                        leader_epoch: -1,
+                        partition_epoch: -1,
+                        replicas: Vec::new(),
+                        isr: Vec::new(),
+                        deleted: false,
+                        followers: HashMap::new(),
+                        pending_isr: None,
+                        leader_epoch_start_offset: 0,
+                        isr_retry_at_ms: 0,
+                        needs_truncation: false,
+                    }),
                 });
+                let (follow, _) = {
+                    let mut state = partition.state();
+                    self.apply_registration(&partition, &mut state, reg)
+                };
                 self.partitions
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, partition);
+                    .insert(key, partition.clone());
+                self.set_fetch_target(&partition, follow);
+                self.targets_changed();
             }
             Err(e) => {
                 error!(topic = %topic.name, partition = index, error = %e, "cannot open partition log")
             }
         }
+    }
+
+    /// Applies a partition's registration: becoming leader (follower
+    /// tracking reset, the new epoch starting at the log end), becoming a
+    /// follower (truncation before fetching), or an ISR/replica change.
+    /// Returns the leader to fetch from, if any, and whether the leader or
+    /// its epoch changed.
+    fn apply_registration(
+        &self,
+        partition: &Partition,
+        state: &mut PartitionState,
+        reg: &PartitionRegistration,
+    ) -> (Option<i32>, bool) {
+        let me = self.node_id;
+        let follow_of = |state: &PartitionState| {
+            (state.leader != me && state.leader >= 0).then_some(state.leader)
+        };
+        if reg.leader_epoch < state.leader_epoch
+            || (reg.leader_epoch == state.leader_epoch
+                && reg.partition_epoch < state.partition_epoch)
+        {
+            // Older than what an AlterPartition answer already told us.
+            debug!(topic = %partition.topic, partition = partition.index, "ignoring an older partition registration");
+            return (follow_of(state), false);
+        }
+        let new_epoch = reg.leader != state.leader || reg.leader_epoch != state.leader_epoch;
+        let was_leader = state.leader == me;
+        if new_epoch || reg.partition_epoch != state.partition_epoch {
+            // Whatever was in flight is answered by this registration.
+            state.pending_isr = None;
+        }
+        state.replicas = reg.replicas.clone();
+        state.isr = reg.isr.clone();
+        state.partition_epoch = reg.partition_epoch;
+        state.leader = reg.leader;
+        state.leader_epoch = reg.leader_epoch;
+        let now = now_ms();
+        if reg.leader == me {
+            let leader_end = state.log.log_end_offset();
+            if new_epoch {
+                // Followers truncate against the epoch's start offset, so it
+                // is recorded now, before anything is appended in it.
+                if let Err(e) = state.log.assign_epoch_start(reg.leader_epoch) {
+                    error!(topic = %partition.topic, partition = partition.index, error = %e, "cannot record the new leader epoch");
+                }
+                state.leader_epoch_start_offset = leader_end;
+                state.needs_truncation = false;
+                state.isr_retry_at_ms = 0;
+                info!(
+                    topic = %partition.topic,
+                    partition = partition.index,
+                    leader_epoch = reg.leader_epoch,
+                    log_end = leader_end,
+                    isr = ?reg.isr,
+                    "became leader"
+                );
+            }
+            let previous = std::mem::take(&mut state.followers);
+            state.followers = reg
+                .replicas
+                .iter()
+                .filter(|&&id| id != me)
+                .map(|&id| {
+                    let follower = match previous.get(&id) {
+                        Some(known) if !new_epoch => *known,
+                        known => FollowerState::on_leadership(
+                            known,
+                            reg.isr.contains(&id),
+                            !was_leader,
+                            leader_end,
+                            now,
+                        ),
+                    };
+                    (id, follower)
+                })
+                .collect();
+            self.update_high_watermark(state);
+        } else {
+            state.followers.clear();
+            state.pending_isr = None;
+            if new_epoch {
+                state.needs_truncation = true;
+                info!(
+                    topic = %partition.topic,
+                    partition = partition.index,
+                    leader = reg.leader,
+                    leader_epoch = reg.leader_epoch,
+                    log_end = state.log.log_end_offset(),
+                    "became follower"
+                );
+            }
+        }
+        (follow_of(state), new_epoch)
     }
 
     fn remove_replica(&self, topic: &str, index: i32) {
@@ -250,6 +669,10 @@ impl ReplicaManager {
         let dir = self.partition_dir(topic, index);
         // Hold the partition's lock while its files go, so no append or roll
         // in flight writes into the directory afterwards.
+        if let Some(partition) = &removed {
+            self.set_fetch_target(partition, None);
+            self.targets_changed();
+        }
         let mut guard = removed.as_ref().map(|p| p.state());
         if let Some(state) = guard.as_mut() {
             state.deleted = true;
@@ -316,6 +739,10 @@ impl ReplicaManager {
 
     /// Flushes and closes every log, marking a clean shutdown.
     pub fn close_all(&self) {
+        self.fetch_targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let drained: Vec<_> = self
             .partitions
             .write()
@@ -384,6 +811,27 @@ mod tests {
     fn high_watermark_is_the_slowest_in_sync_replica() {
         assert_eq!(high_watermark(10, &[]), 10);
         assert_eq!(high_watermark(10, &[7, 12]), 7);
+    }
+
+    #[test]
+    fn a_new_leader_epoch_starts_at_the_log_end_before_any_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+        for _ in 0..2 {
+            let batch = sluice_storage::batch::BatchBuilder::new(0)
+                .record(0, None, Some(b"v"))
+                .build();
+            log.append_as_leader(&batch, 0, 0).unwrap();
+        }
+        log.assign_epoch_start(3).unwrap();
+        // A follower asking for epoch 0, or for an epoch this leader never
+        // saw, learns where epoch 0 ended.
+        assert_eq!(log.end_offset_for_epoch(0), (0, 2));
+        assert_eq!(log.end_offset_for_epoch(2), (0, 2));
+        assert_eq!(log.end_offset_for_epoch(3), (3, 2));
+        // An older epoch never rewrites the cache.
+        log.assign_epoch_start(1).unwrap();
+        assert_eq!(log.latest_epoch(), Some(3));
     }
 
     #[test]

@@ -6,14 +6,69 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use sluice_metadata::controller_api::{BoxFuture, STREAM_MAGIC};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::handlers::{self, Broker, Reply};
+
+/// A set of Kafka APIs served on one listener: the broker's client-facing
+/// APIs, or the controller's.
+pub trait Service: Send + Sync + 'static {
+    /// Frames larger than this close the connection.
+    fn max_request_bytes(&self) -> usize;
+    fn max_connections(&self) -> usize;
+    fn supports(&self, api_key: ApiKey, version: i16) -> bool;
+    /// The answer to an ApiVersions request of a version this service does not speak.
+    fn api_versions_unsupported(&self) -> ApiVersionsResponse;
+    fn dispatch<'a>(
+        &'a self,
+        header: &'a RequestHeader,
+        api_key: ApiKey,
+        body: Bytes,
+    ) -> BoxFuture<'a, anyhow::Result<Reply>>;
+    /// Takes over a connection that opened with [`STREAM_MAGIC`]; `None`
+    /// when this service has no such streams (the connection is closed).
+    fn accept_stream(
+        &self,
+        _reader: OwnedReadHalf,
+        _peer: SocketAddr,
+    ) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+}
+
+impl Service for Broker {
+    fn max_request_bytes(&self) -> usize {
+        self.config.socket_request_max_bytes
+    }
+
+    fn max_connections(&self) -> usize {
+        self.config.max_connections
+    }
+
+    fn supports(&self, api_key: ApiKey, version: i16) -> bool {
+        handlers::supports(api_key, version)
+    }
+
+    fn api_versions_unsupported(&self) -> ApiVersionsResponse {
+        handlers::api_versions_unsupported()
+    }
+
+    fn dispatch<'a>(
+        &'a self,
+        header: &'a RequestHeader,
+        api_key: ApiKey,
+        body: Bytes,
+    ) -> BoxFuture<'a, anyhow::Result<Reply>> {
+        Box::pin(handlers::dispatch(self, header, api_key, body))
+    }
+}
 
 /// Why a connection was closed by the broker.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +84,12 @@ enum ConnectionError {
 }
 
 /// Serves Kafka clients on `listener` until `shutdown` turns true.
-pub async fn run(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let limit = Arc::new(Semaphore::new(broker.config.max_connections));
+pub async fn run<S: Service>(
+    listener: TcpListener,
+    broker: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(broker.max_connections()));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -64,15 +123,16 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<S: Service>(
     socket: TcpStream,
     peer: SocketAddr,
-    broker: Arc<Broker>,
+    broker: Arc<S>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     let (mut reader, writer) = socket.into_split();
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
-    let max = broker.config.socket_request_max_bytes;
+    let max = broker.max_request_bytes();
+    let mut first_frame = true;
     loop {
         let mut size_buf = [0u8; 4];
         let first = tokio::select! {
@@ -85,6 +145,18 @@ async fn serve_connection(
         if first < 4 {
             read_exact_or_truncated(&mut reader, &mut size_buf[first..]).await?;
         }
+        if std::mem::take(&mut first_frame) && size_buf == STREAM_MAGIC {
+            let Some(stream) = broker.accept_stream(reader, peer) else {
+                return Err(ConnectionError::BadRequest(
+                    "this listener takes no streams".into(),
+                ));
+            };
+            tokio::select! {
+                _ = stream => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+            return Ok(());
+        }
         let size = i32::from_be_bytes(size_buf);
         if size < 0 || size as usize > max {
             return Err(ConnectionError::BadFrameSize { size, max });
@@ -93,7 +165,7 @@ async fn serve_connection(
         read_exact_or_truncated(&mut reader, &mut frame).await?;
         metrics::counter!("sluice_bytes_in_total").increment(size as u64 + 4);
 
-        if let Some(response) = handle_frame(&broker, frame.freeze(), peer).await? {
+        if let Some(response) = handle_frame(broker.as_ref(), frame.freeze(), peer).await? {
             metrics::counter!("sluice_bytes_out_total").increment(response.len() as u64);
             writer.write_all(&response).await?;
             writer.flush().await?;
@@ -116,8 +188,8 @@ async fn read_exact_or_truncated(
 
 /// Decodes one request, runs its handler and encodes the response frame
 /// (`None` for produce with acks=0, which gets no answer).
-async fn handle_frame(
-    broker: &Broker,
+async fn handle_frame<S: Service>(
+    broker: &S,
     mut frame: Bytes,
     peer: SocketAddr,
 ) -> Result<Option<BytesMut>, ConnectionError> {
@@ -136,13 +208,13 @@ async fn handle_frame(
     let span = info_span!("request", api = ?api_key, version = api_version, correlation_id, client_id = tracing::field::Empty, %peer);
     async move {
         // ApiVersions answers any version, so clients can learn what we speak.
-        if api_key == ApiKey::ApiVersions && !handlers::supports(api_key, api_version) {
-            let body = handlers::api_versions_unsupported();
+        if api_key == ApiKey::ApiVersions && !broker.supports(api_key, api_version) {
+            let body = broker.api_versions_unsupported();
             return Ok(Some(encode_response(api_key, 0, correlation_id, |buf| {
                 body.encode(buf, 0)
             })?));
         }
-        if !handlers::supports(api_key, api_version) {
+        if !broker.supports(api_key, api_version) {
             return Err(ConnectionError::BadRequest(format!(
                 "{api_key:?} version {api_version} is not supported"
             )));
@@ -154,7 +226,8 @@ async fn handle_frame(
             tracing::Span::current().record("client_id", client.as_str());
         }
         let started = Instant::now();
-        let reply = handlers::dispatch(broker, &header, api_key, frame)
+        let reply = broker
+            .dispatch(&header, api_key, frame)
             .await
             .map_err(|e| {
                 ConnectionError::BadRequest(format!("{api_key:?} v{api_version} request: {e:#}"))

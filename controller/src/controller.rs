@@ -1,32 +1,109 @@
 //! The controller role of a node: the metadata quorum, the loader that turns
 //! committed entries into images, and the operations brokers ask for.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use sluice_metadata::controller_api::{
-    BoxFuture, BrokerRegistrationRequest, ConfigChange, ControllerApi, ControllerError,
-    CreatedTopic, NewPartitions, NewTopic, TopicRef,
+    BoxFuture, BrokerHeartbeat, BrokerRegistrationRequest, ConfigChange, ControllerApi,
+    ControllerError, CreatedTopic, HeartbeatReply, IsrChange, MetadataLogSource, NewPartitions,
+    NewTopic, PartitionState, QuorumDescription, ReplicaProgress, TopicRef,
 };
 use sluice_metadata::{
     encode_batch, ConfigResource, MetadataImage, MetadataLoader, Publisher, Uuid,
 };
 use tokio::sync::{mpsc, watch, Mutex};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::lifecycle;
 use crate::ops::{self, OpResult, TopicDefaults};
-use crate::quorum::{self, Applied, NoPeers, QuorumConfig, QuorumError, QuorumHandle};
+use crate::quorum::{
+    self, Applied, NoPeers, QuorumConfig, QuorumError, QuorumHandle, TcpTransport, Transport,
+};
 
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     pub node_id: i32,
     pub data_dir: PathBuf,
+    /// `controller.quorum.voters`: each voter's id and controller address.
+    /// Empty: this node is the only voter and needs no network.
+    pub voters: Vec<(i32, String)>,
     pub defaults: TopicDefaults,
     /// How long a change may wait for its records to commit.
     pub request_timeout: Duration,
     /// Take a metadata snapshot after this many entries since the last one.
     pub snapshot_every_entries: u64,
+    /// `broker.session.timeout.ms`: a broker silent this long is fenced.
+    pub broker_session_timeout: Duration,
+    /// `unclean.leader.election.enable`
+    pub unclean_leader_election: bool,
+    /// `auto.leader.rebalance.enable`
+    pub auto_leader_rebalance: bool,
+    /// `leader.imbalance.check.interval.seconds`
+    pub leader_imbalance_check_interval: Duration,
+}
+
+impl ControllerConfig {
+    /// A single-voter controller with Kafka's defaults.
+    pub fn standalone(node_id: i32, data_dir: PathBuf, defaults: TopicDefaults) -> Self {
+        Self {
+            node_id,
+            data_dir,
+            voters: Vec::new(),
+            defaults,
+            request_timeout: Duration::from_secs(30),
+            snapshot_every_entries: 20_000,
+            broker_session_timeout: Duration::from_secs(9),
+            unclean_leader_election: false,
+            auto_leader_rebalance: true,
+            leader_imbalance_check_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Committed entries kept in memory for brokers that follow the log: every
+/// entry after `base` (an offset a snapshot covers).
+#[derive(Default)]
+struct EntryWindow {
+    base: u64,
+    entries: VecDeque<(u64, Vec<u8>)>,
+    bytes: usize,
+}
+
+/// The window keeps at most this much; older entries are served by snapshot.
+const WINDOW_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+impl EntryWindow {
+    fn reset(&mut self, base: u64) {
+        self.base = base;
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    fn push(&mut self, offset: u64, data: Vec<u8>) {
+        self.bytes += data.len();
+        self.entries.push_back((offset, data));
+        while self.bytes > WINDOW_MAX_BYTES {
+            let Some((offset, data)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= data.len();
+            self.base = offset;
+        }
+    }
+}
+
+/// The active controller's view of broker sessions: when each broker
+/// (at its current epoch) must next be heard from.
+#[derive(Default)]
+struct Sessions {
+    /// The term these deadlines were set under; a new term starts afresh.
+    term: u64,
+    deadlines: HashMap<i32, (i64, Instant)>,
+    /// Metadata offsets brokers reported in their last heartbeat.
+    offsets: HashMap<i32, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,36 +121,64 @@ pub struct Controller {
     /// One operation at a time: each computes its records from an image that
     /// already holds every earlier operation's committed records.
     op_lock: Mutex<()>,
+    /// The term in which this node, as leader, has applied everything
+    /// committed before it (0: none yet).
+    ready_term: StdMutex<u64>,
     /// The offset of the last committed entry that failed to replay.
     rejected: watch::Receiver<u64>,
+    window: Arc<StdMutex<EntryWindow>>,
+    sessions: StdMutex<Sessions>,
+}
+
+fn lock<T>(m: &StdMutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Controller {
-    /// Starts the quorum and the metadata loader; `publishers` see every image
-    /// in log order. Returns once this node's quorum has a leader and the
-    /// existing log has been replayed.
-    pub async fn start(
+    /// Starts the quorum, the metadata loader and the active-controller
+    /// duties; `publishers` see every image in log order. Returns at once:
+    /// the controller listener must be up before the voters can elect a
+    /// leader. [`Controller::wait_ready`] waits for that.
+    pub fn start(
         config: ControllerConfig,
         publishers: Vec<Arc<dyn Publisher>>,
     ) -> Result<Arc<Self>, StartError> {
+        let node_id = config.node_id as u64;
+        let voter_ids: Vec<u64> = if config.voters.is_empty() {
+            vec![node_id]
+        } else {
+            config.voters.iter().map(|(id, _)| *id as u64).collect()
+        };
+        let transport: Box<dyn Transport> = if voter_ids.len() > 1 {
+            let peers = config
+                .voters
+                .iter()
+                .map(|(id, address)| (*id as u64, address.clone()))
+                .collect();
+            Box::new(TcpTransport::start(node_id, peers))
+        } else {
+            Box::new(NoPeers)
+        };
         let quorum_config = QuorumConfig {
-            node_id: config.node_id as u64,
-            voters: vec![config.node_id as u64],
+            node_id,
+            voters: voter_ids,
             data_dir: config.data_dir.clone(),
             tick_interval: Duration::from_millis(100),
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_every_entries: config.snapshot_every_entries,
         };
-        let (quorum, applied) = quorum::start(quorum_config, Box::new(NoPeers))?;
+        let (quorum, applied) = quorum::start(quorum_config, transport)?;
         let (image_tx, image) = watch::channel(MetadataImage::empty());
         let (rejected_tx, rejected) = watch::channel(0);
+        let window = Arc::new(StdMutex::new(EntryWindow::default()));
         tokio::spawn(run_loader(
             MetadataLoader::new(publishers),
             applied,
             image_tx,
             rejected_tx,
             quorum.clone(),
+            window.clone(),
         ));
 
         let controller = Arc::new(Self {
@@ -81,31 +186,59 @@ impl Controller {
             quorum,
             image,
             op_lock: Mutex::new(()),
+            ready_term: StdMutex::new(0),
             rejected,
+            window,
+            sessions: StdMutex::new(Sessions::default()),
         });
-        controller.await_leader_and_replay().await?;
+        tokio::spawn(run_active_duties(Arc::downgrade(&controller)));
         Ok(controller)
     }
 
-    /// Waits until this node leads the quorum, then commits an empty batch
-    /// as a barrier: once it is applied, so is everything committed before
-    /// it, and the image is complete.
-    async fn await_leader_and_replay(&self) -> Result<(), StartError> {
-        let limit = Duration::from_secs(30);
+    /// Waits until the quorum has a leader and this node has applied
+    /// everything committed when it learned of it. (The leader's own image
+    /// is made complete by the barrier of [`Controller::ensure_active`].)
+    pub async fn wait_ready(&self, limit: Duration) -> Result<(), StartError> {
         let mut status = self.quorum.subscribe_status();
-        tokio::time::timeout(limit, status.wait_for(|s| s.is_leader))
+        let commit = tokio::time::timeout(limit, status.wait_for(|s| s.leader_id.is_some()))
+            .await
+            .map_err(|_| StartError::NoLeader(limit))?
+            .map_err(|_| StartError::NoLeader(limit))?
+            .commit_index;
+        tokio::time::timeout(limit, status.wait_for(|s| s.applied_index >= commit))
             .await
             .map_err(|_| StartError::NoLeader(limit))?
             .map_err(|_| StartError::NoLeader(limit))?;
-        let barrier = tokio::time::timeout(limit, self.quorum.propose(encode_batch(&[])))
+        info!(offset = commit, "metadata log replayed");
+        Ok(())
+    }
+
+    /// Makes sure this node leads and its image holds everything committed
+    /// before its term: once per term, an empty batch is committed as a
+    /// barrier and waited for.
+    async fn ensure_active(&self) -> Result<(), ControllerError> {
+        let status = self.quorum.status();
+        if !status.is_leader {
+            return Err(ControllerError::NotController(format!(
+                "node {} is not the active controller (leader: {:?})",
+                self.config.node_id, status.leader_id
+            )));
+        }
+        if *lock(&self.ready_term) == status.term {
+            return Ok(());
+        }
+        let (index, term) = self
+            .quorum
+            .propose(encode_batch(&[]))
             .await
-            .map_err(|_| StartError::NoLeader(limit))??;
+            .map_err(quorum_error)?;
         let mut image = self.image.clone();
-        tokio::time::timeout(limit, image.wait_for(|i| i.offset >= barrier.0))
+        tokio::time::timeout(self.config.request_timeout, image.wait_for(|i| i.offset >= index))
             .await
-            .map_err(|_| StartError::NoLeader(limit))?
-            .map_err(|_| StartError::NoLeader(limit))?;
-        info!(offset = barrier.0, "metadata log replayed");
+            .map_err(|_| ControllerError::Timeout)?
+            .map_err(|_| ControllerError::Internal("metadata loader stopped".into()))?;
+        *lock(&self.ready_term) = term;
+        info!(term, offset = index, "active controller ready");
         Ok(())
     }
 
@@ -133,6 +266,7 @@ impl Controller {
         op: impl FnOnce(&MetadataImage) -> OpResult<T>,
     ) -> Result<T, ControllerError> {
         let _turn = self.op_lock.lock().await;
+        self.ensure_active().await?;
         let image = self.image();
         let OpResult { records, results } = op(&image);
         if validate_only || records.is_empty() {
@@ -144,10 +278,7 @@ impl Controller {
         // proposal (committed, or failed when leadership is lost), and giving
         // up early would let the next operation plan from an image that lacks
         // a change still on its way to commit.
-        let (index, _term) = self.quorum.propose(data).await.map_err(|e| match e {
-            QuorumError::NotLeader { .. } => ControllerError::NotController(e.to_string()),
-            other => ControllerError::Internal(other.to_string()),
-        })?;
+        let (index, _term) = self.quorum.propose(data).await.map_err(quorum_error)?;
         let mut image = self.image.clone();
         tokio::time::timeout(timeout, image.wait_for(|i| i.offset >= index))
             .await
@@ -162,29 +293,178 @@ impl Controller {
     }
 }
 
-/// Applies committed entries in order, and hands the quorum a snapshot of
-/// the image when it asks, so its log stays bounded.
+fn quorum_error(e: QuorumError) -> ControllerError {
+    match e {
+        QuorumError::NotLeader { .. } | QuorumError::Dropped => {
+            ControllerError::NotController(e.to_string())
+        }
+        other => ControllerError::Internal(other.to_string()),
+    }
+}
+
+/// How often the active controller checks broker sessions.
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The active controller's periodic duties: fencing brokers whose session
+/// expired and, when enabled, moving leaders back to preferred replicas.
+/// Ends when the controller is dropped.
+async fn run_active_duties(controller: std::sync::Weak<Controller>) {
+    let mut next_rebalance = Instant::now();
+    loop {
+        tokio::time::sleep(SESSION_CHECK_INTERVAL).await;
+        let Some(c) = controller.upgrade() else {
+            return;
+        };
+        let status = c.quorum.status();
+        if !status.running {
+            return;
+        }
+        if !status.is_leader {
+            continue;
+        }
+        for (broker_id, broker_epoch) in c.expired_sessions(status.term) {
+            warn!(
+                broker_id,
+                broker_epoch, "broker session expired; fencing it"
+            );
+            let unclean = c.config.unclean_leader_election;
+            if let Err(e) = c
+                .run(false, |image| {
+                    lifecycle::fence_broker(image, broker_id, broker_epoch, unclean)
+                })
+                .await
+            {
+                warn!(broker_id, error = %e, "could not fence broker");
+            }
+        }
+        if c.config.auto_leader_rebalance && Instant::now() >= next_rebalance {
+            next_rebalance = Instant::now() + c.config.leader_imbalance_check_interval;
+            match c.run(false, lifecycle::preferred_leader_elections).await {
+                Ok(0) => {}
+                Ok(moved) => info!(moved, "moved leaders back to preferred replicas"),
+                Err(e) => debug!(error = %e, "preferred leader election skipped"),
+            }
+        }
+    }
+}
+
+impl Controller {
+    /// Unfenced brokers not heard from within their session, as
+    /// (id, epoch). A new term gives every broker a full session, since
+    /// heartbeats went to the previous leader.
+    fn expired_sessions(&self, term: u64) -> Vec<(i32, i64)> {
+        let image = self.image();
+        let now = Instant::now();
+        let timeout = self.config.broker_session_timeout;
+        let mut sessions = lock(&self.sessions);
+        if sessions.term != term {
+            sessions.term = term;
+            sessions.deadlines.clear();
+        }
+        let mut expired = Vec::new();
+        for b in image.brokers.values().filter(|b| !b.fenced) {
+            let entry = sessions
+                .deadlines
+                .entry(b.broker_id)
+                .or_insert((b.broker_epoch, now + timeout));
+            if entry.0 != b.broker_epoch {
+                *entry = (b.broker_epoch, now + timeout);
+            }
+            if entry.1 <= now {
+                expired.push((b.broker_id, b.broker_epoch));
+            }
+        }
+        expired
+    }
+
+    fn touch_session(&self, broker_id: i32, broker_epoch: i64, metadata_offset: u64) {
+        let deadline = Instant::now() + self.config.broker_session_timeout;
+        let mut sessions = lock(&self.sessions);
+        sessions
+            .deadlines
+            .insert(broker_id, (broker_epoch, deadline));
+        sessions.offsets.insert(broker_id, metadata_offset);
+    }
+
+    async fn heartbeat(&self, hb: BrokerHeartbeat) -> Result<HeartbeatReply, ControllerError> {
+        self.ensure_active().await?;
+        let image = self.image();
+        let registered = image
+            .brokers
+            .get(&hb.broker_id)
+            .filter(|b| b.broker_epoch == hb.broker_epoch)
+            .ok_or(ControllerError::StaleBrokerEpoch {
+                broker_id: hb.broker_id,
+                broker_epoch: hb.broker_epoch,
+            })?;
+        self.touch_session(hb.broker_id, hb.broker_epoch, hb.metadata_offset);
+        // A registration's epoch is at most the offset it committed at.
+        let is_caught_up = hb.metadata_offset >= registered.broker_epoch as u64;
+        let unclean = self.config.unclean_leader_election;
+        if hb.want_shutdown {
+            // Leaderships move (or lapse) in one commit; then the broker is
+            // fenced so it gets no new ones, and may exit.
+            self.run(false, |image| lifecycle::controlled_shutdown(image, hb.broker_id))
+                .await?;
+            let epoch = hb.broker_epoch;
+            self.run(false, |image| {
+                lifecycle::fence_broker(image, hb.broker_id, epoch, unclean)
+            })
+            .await?;
+            info!(broker_id = hb.broker_id, "controlled shutdown complete");
+            return Ok(HeartbeatReply {
+                is_caught_up,
+                is_fenced: true,
+                should_shutdown: true,
+            });
+        }
+        let mut is_fenced = registered.fenced;
+        if is_fenced && !hb.want_fence && is_caught_up {
+            self.run(false, |image| {
+                lifecycle::unfence_broker(image, hb.broker_id, unclean)
+            })
+            .await?;
+            info!(broker_id = hb.broker_id, "broker unfenced");
+            is_fenced = false;
+        }
+        Ok(HeartbeatReply {
+            is_caught_up,
+            is_fenced,
+            should_shutdown: false,
+        })
+    }
+}
+
+/// Applies committed entries in order, keeps recent ones for brokers that
+/// follow the log, and hands the quorum a snapshot of the image when it
+/// asks, so its log stays bounded.
 async fn run_loader(
     mut loader: MetadataLoader,
     mut applied: mpsc::UnboundedReceiver<Applied>,
     image_tx: watch::Sender<Arc<MetadataImage>>,
     rejected_tx: watch::Sender<u64>,
     quorum: QuorumHandle,
+    window: Arc<StdMutex<EntryWindow>>,
 ) {
     while let Some(event) = applied.recv().await {
         match event {
             Applied::Snapshot { index, data, .. } => match loader.load_snapshot(index, &data) {
-                Ok(()) => info!(
-                    offset = index,
-                    bytes = data.len(),
-                    "loaded metadata snapshot"
-                ),
+                Ok(()) => {
+                    lock(&window).reset(index);
+                    info!(
+                        offset = index,
+                        bytes = data.len(),
+                        "loaded metadata snapshot"
+                    )
+                }
                 Err(e) => {
                     error!(error = %e, "metadata snapshot does not load; keeping the previous image")
                 }
             },
             Applied::Entries(entries) => {
+                let mut window = lock(&window);
                 for entry in entries {
+                    window.push(entry.index, entry.data.to_vec());
                     if entry.data.is_empty() {
                         loader.skip_entry(entry.index);
                     } else if let Err(e) = loader.load_entry(entry.index, &entry.data) {
@@ -196,6 +476,7 @@ async fn run_loader(
                         loader.skip_entry(entry.index);
                     }
                 }
+                drop(window);
             }
             Applied::SnapshotDue { applied_index } => {
                 let image = loader.image();
@@ -216,9 +497,83 @@ async fn run_loader(
     }
 }
 
+impl MetadataLogSource for Controller {
+    fn read_entries(&self, from: u64, max_bytes: usize) -> Option<Vec<(u64, Vec<u8>)>> {
+        let window = lock(&self.window);
+        if from <= window.base {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let start = window.entries.partition_point(|(offset, _)| *offset < from);
+        for (offset, data) in window.entries.range(start..) {
+            if !out.is_empty() && bytes + data.len() > max_bytes {
+                break;
+            }
+            bytes += data.len();
+            out.push((*offset, data.clone()));
+        }
+        Some(out)
+    }
+
+    fn last_offset(&self) -> u64 {
+        self.image.borrow().offset
+    }
+
+    fn snapshot(&self) -> (u64, Vec<u8>) {
+        let image = self.image();
+        (image.offset, encode_batch(&image.to_records()))
+    }
+
+    fn wait_beyond(&self, offset: u64, max_wait: Duration) -> BoxFuture<'_, ()> {
+        let mut image = self.image.clone();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(max_wait, image.wait_for(|i| i.offset > offset)).await;
+        })
+    }
+}
+
 impl ControllerApi for Controller {
     fn active_controller_id(&self) -> Option<i32> {
         self.quorum.status().leader_id.map(|id| id as i32)
+    }
+
+    fn describe_quorum(&self) -> Result<QuorumDescription, ControllerError> {
+        let status = self.quorum.status();
+        if !status.is_leader {
+            return Err(ControllerError::NotController(format!(
+                "node {} is not the active controller",
+                self.config.node_id
+            )));
+        }
+        let voters = status
+            .voters
+            .iter()
+            .map(|&id| ReplicaProgress {
+                node_id: id as i32,
+                log_end_offset: status
+                    .progress
+                    .iter()
+                    .find(|(voter, _)| *voter == id)
+                    .map_or(-1, |(_, matched)| *matched as i64),
+            })
+            .collect();
+        let observers = lock(&self.sessions)
+            .offsets
+            .iter()
+            .filter(|(id, _)| !status.voters.contains(&(**id as u64)))
+            .map(|(&node_id, &offset)| ReplicaProgress {
+                node_id,
+                log_end_offset: offset as i64,
+            })
+            .collect();
+        Ok(QuorumDescription {
+            leader_id: self.config.node_id,
+            leader_epoch: status.term as i32,
+            high_watermark: status.commit_index as i64,
+            voters,
+            observers,
+        })
     }
 
     fn create_topics(
@@ -282,8 +637,15 @@ impl ControllerApi for Controller {
         request: BrokerRegistrationRequest,
     ) -> BoxFuture<'_, Result<i64, ControllerError>> {
         Box::pin(async move {
-            self.run(false, |image| ops::register_broker(image, request))
-                .await
+            let unclean = self.config.unclean_leader_election;
+            let broker_id = request.broker_id;
+            let epoch = self
+                .run(false, |image| {
+                    lifecycle::register_broker(image, request, unclean)
+                })
+                .await?;
+            self.touch_session(broker_id, epoch, 0);
+            Ok(epoch)
         })
     }
 
@@ -297,6 +659,29 @@ impl ControllerApi for Controller {
                 ops::allocate_producer_ids(image, broker_id, count)
             })
             .await
+        })
+    }
+
+    fn broker_heartbeat(
+        &self,
+        heartbeat: BrokerHeartbeat,
+    ) -> BoxFuture<'_, Result<HeartbeatReply, ControllerError>> {
+        Box::pin(self.heartbeat(heartbeat))
+    }
+
+    fn alter_partition(
+        &self,
+        broker_id: i32,
+        broker_epoch: i64,
+        changes: Vec<IsrChange>,
+    ) -> BoxFuture<'_, Vec<Result<PartitionState, ControllerError>>> {
+        Box::pin(async move {
+            let count = changes.len();
+            self.run(false, |image| {
+                lifecycle::alter_partition(image, broker_id, broker_epoch, changes)
+            })
+            .await
+            .unwrap_or_else(|e| vec![Err(e); count])
         })
     }
 }

@@ -3,6 +3,7 @@
 //! metadata records.
 
 mod controller;
+pub mod lifecycle;
 pub mod ops;
 pub mod placement;
 pub mod quorum;

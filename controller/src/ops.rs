@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, HashSet};
 
 use sluice_metadata::configs::{validate_topic_config, validate_topic_name};
 use sluice_metadata::controller_api::{
-    BrokerRegistrationRequest, ConfigChange, ControllerError, CreatedTopic, NewPartitions,
+    ConfigChange, ControllerError, CreatedTopic, NewPartitions,
     NewTopic, TopicRef,
 };
 use sluice_metadata::{
-    BrokerRecord, ConfigRecord, ConfigResource, MetadataImage, MetadataRecord, PartitionRecord,
+    ConfigRecord, ConfigResource, MetadataImage, MetadataRecord, PartitionRecord,
     ProducerIdsRecord, RemoveTopicRecord, TopicRecord, Uuid,
 };
 
@@ -340,28 +340,6 @@ pub fn alter_configs(
     OpResult { records, results }
 }
 
-pub fn register_broker(image: &MetadataImage, request: BrokerRegistrationRequest) -> OpResult<i64> {
-    // The offset the registration will land at or after: strictly larger than
-    // any epoch handed out before, so stale registrations are recognisable.
-    let previous = image
-        .brokers
-        .get(&request.broker_id)
-        .map_or(0, |b| b.broker_epoch);
-    let broker_epoch = (image.offset as i64 + 1).max(previous + 1);
-    let records = vec![MetadataRecord::Broker(BrokerRecord {
-        broker_id: request.broker_id,
-        incarnation_id: request.incarnation_id,
-        broker_epoch,
-        endpoints: request.endpoints,
-        rack: request.rack,
-        fenced: false,
-    })];
-    OpResult {
-        records,
-        results: broker_epoch,
-    }
-}
-
 pub fn allocate_producer_ids(image: &MetadataImage, broker_id: i32, count: i64) -> OpResult<i64> {
     let first = image.next_producer_id;
     OpResult {
@@ -376,6 +354,7 @@ pub fn allocate_producer_ids(image: &MetadataImage, broker_id: i32, count: i64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_metadata::controller_api::BrokerRegistrationRequest;
     use sluice_metadata::{Endpoint, MetadataDelta};
     use std::sync::Arc;
 
@@ -393,7 +372,7 @@ mod tests {
     fn cluster(brokers: &[i32]) -> Arc<MetadataImage> {
         let mut image = MetadataImage::empty();
         for &id in brokers {
-            let op = register_broker(
+            let op = crate::lifecycle::register_broker(
                 &image,
                 BrokerRegistrationRequest {
                     broker_id: id,
@@ -405,8 +384,10 @@ mod tests {
                     }],
                     rack: None,
                 },
+                false,
             );
             image = apply(&image, &op.records);
+            image = apply(&image, &crate::lifecycle::unfence_broker(&image, id, false).records);
         }
         image
     }
@@ -564,7 +545,7 @@ mod tests {
         assert_eq!((first.results, second.results), (0, 1000));
 
         let epoch = image.brokers[&1].broker_epoch;
-        let again = register_broker(
+        let again = crate::lifecycle::register_broker(
             &image,
             BrokerRegistrationRequest {
                 broker_id: 1,
@@ -572,6 +553,7 @@ mod tests {
                 endpoints: vec![],
                 rack: None,
             },
+            false,
         );
         assert!(again.results > epoch);
     }

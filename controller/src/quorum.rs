@@ -15,6 +15,7 @@
 
 mod log_bridge;
 mod network;
+pub mod tcp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use sluice_storage::raft_store::{RaftLogStore, RaftStoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use network::{MemNetwork, NoPeers};
+pub use tcp::{serve_peer_stream, TcpTransport};
 
 /// Name of the RocksDB directory inside [`QuorumConfig::data_dir`].
 pub const RAFT_LOG_DIR: &str = "raft-log";
@@ -110,6 +112,9 @@ pub struct QuorumStatus {
     pub snapshot_index: u64,
     pub is_leader: bool,
     pub voters: Vec<u64>,
+    /// On the leader: each voter's matched log index (its replication
+    /// progress); empty elsewhere.
+    pub progress: Vec<(u64, u64)>,
     /// False once the loop has stopped.
     pub running: bool,
 }
@@ -833,6 +838,17 @@ impl Driver {
         let st = self.raw_node.status();
         let leader = Some(st.ss.leader_id).filter(|&id| id != raft::INVALID_ID && running);
         let is_leader = running && st.ss.raft_state == StateRole::Leader;
+        let mut progress: Vec<(u64, u64)> = if is_leader {
+            self.raw_node
+                .raft
+                .prs()
+                .iter()
+                .map(|(&id, pr)| (id, pr.matched))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        progress.sort_unstable();
         let status = QuorumStatus {
             node_id: self.node_id,
             leader_id: leader,
@@ -842,6 +858,7 @@ impl Driver {
             snapshot_index: self.snapshot_index,
             is_leader,
             voters: self.conf_state.voters.clone(),
+            progress,
             running,
         };
         self.status_tx.send_if_modified(|current| {

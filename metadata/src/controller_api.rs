@@ -12,6 +12,12 @@ use uuid::Uuid;
 
 use crate::records::{ConfigResource, Endpoint};
 
+/// The first four bytes of a connection to a controller listener that
+/// carries Raft messages between controllers rather than Kafka requests. As
+/// a Kafka size prefix they would claim a 1.3 GB request, which no listener
+/// accepts, so the two cannot be confused.
+pub const STREAM_MAGIC: [u8; 4] = *b"SLRF";
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why the controller refused or could not carry out a request; the broker
@@ -42,6 +48,21 @@ pub enum ControllerError {
     NotController(String),
     #[error("The controller did not commit the change in time")]
     Timeout,
+    /// The request carries a broker epoch older than the broker's current registration.
+    #[error("broker {broker_id} is not registered with epoch {broker_epoch}")]
+    StaleBrokerEpoch { broker_id: i32, broker_epoch: i64 },
+    /// The sender's leader epoch is not the partition's current one.
+    #[error("{0}")]
+    FencedLeaderEpoch(String),
+    /// The partition epoch in an ISR change is not the current one.
+    #[error("{0}")]
+    InvalidUpdateVersion(String),
+    /// A proposed in-sync replica is fenced or not a replica of the partition.
+    #[error("{0}")]
+    IneligibleReplica(String),
+    /// The sender is not the partition's leader.
+    #[error("{0}")]
+    NotLeader(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -88,6 +109,50 @@ pub struct BrokerRegistrationRequest {
     pub rack: Option<String>,
 }
 
+/// A broker's periodic heartbeat (Kafka's BrokerHeartbeat).
+#[derive(Clone, Debug)]
+pub struct BrokerHeartbeat {
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+    /// The highest metadata offset the broker has applied.
+    pub metadata_offset: u64,
+    /// True while the broker is starting and wants to stay fenced.
+    pub want_fence: bool,
+    /// True when the broker is shutting down and wants its leaderships moved.
+    pub want_shutdown: bool,
+}
+
+/// The controller's answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// The broker has applied the metadata log far enough to serve.
+    pub is_caught_up: bool,
+    pub is_fenced: bool,
+    /// Controlled shutdown is complete: the broker leads nothing and may exit.
+    pub should_shutdown: bool,
+}
+
+/// A leader's request to change a partition's ISR (Kafka's AlterPartition).
+#[derive(Clone, Debug)]
+pub struct IsrChange {
+    pub topic_id: Uuid,
+    pub partition: i32,
+    /// The leader epoch the sender leads under.
+    pub leader_epoch: i32,
+    /// The partition epoch the sender's view is based on.
+    pub partition_epoch: i32,
+    pub new_isr: Vec<i32>,
+}
+
+/// A partition's state after a committed ISR change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionState {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub isr: Vec<i32>,
+    pub partition_epoch: i32,
+}
+
 /// One config change: `None` deletes the dynamic value.
 #[derive(Clone, Debug)]
 pub struct ConfigChange {
@@ -95,9 +160,49 @@ pub struct ConfigChange {
     pub value: Option<String>,
 }
 
+/// Committed metadata entries as a controller serves them to brokers that
+/// follow the log (observers).
+pub trait MetadataLogSource: Send + Sync {
+    /// Committed entries with an offset of at least `from`, in order, up to
+    /// about `max_bytes` (at least one when any is there). `None` when
+    /// entries from `from` on are no longer kept: load the snapshot.
+    fn read_entries(&self, from: u64, max_bytes: usize) -> Option<Vec<(u64, Vec<u8>)>>;
+    /// The offset of the last committed entry this node has applied.
+    fn last_offset(&self) -> u64;
+    /// This node's whole image as snapshot records, with its offset.
+    fn snapshot(&self) -> (u64, Vec<u8>);
+    /// Resolves when an entry after `offset` has been applied, or after `max_wait`.
+    fn wait_beyond(&self, offset: u64, max_wait: std::time::Duration) -> BoxFuture<'_, ()>;
+}
+
+/// One voter's or observer's replication state, for DescribeQuorum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    pub node_id: i32,
+    /// The last offset known to be replicated to this node (-1 unknown).
+    pub log_end_offset: i64,
+}
+
+/// The quorum as its leader sees it (Kafka's DescribeQuorum).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumDescription {
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub high_watermark: i64,
+    pub voters: Vec<ReplicaProgress>,
+    pub observers: Vec<ReplicaProgress>,
+}
+
 pub trait ControllerApi: Send + Sync {
     /// The node id of the active controller, when one is known.
     fn active_controller_id(&self) -> Option<i32>;
+
+    /// The quorum's state; `NotController` on a node that is not the leader.
+    fn describe_quorum(&self) -> Result<QuorumDescription, ControllerError> {
+        Err(ControllerError::NotController(
+            "this node does not run a controller".into(),
+        ))
+    }
 
     fn create_topics(
         &self,
@@ -136,4 +241,20 @@ pub trait ControllerApi: Send + Sync {
         broker_id: i32,
         count: i64,
     ) -> BoxFuture<'_, Result<i64, ControllerError>>;
+
+    /// Keeps the broker's session alive and moves it between fenced,
+    /// unfenced and shutting down.
+    fn broker_heartbeat(
+        &self,
+        heartbeat: BrokerHeartbeat,
+    ) -> BoxFuture<'_, Result<HeartbeatReply, ControllerError>>;
+
+    /// Commits ISR changes asked for by the partitions' leader; one result
+    /// per change, in order.
+    fn alter_partition(
+        &self,
+        broker_id: i32,
+        broker_epoch: i64,
+        changes: Vec<IsrChange>,
+    ) -> BoxFuture<'_, Vec<Result<PartitionState, ControllerError>>>;
 }

@@ -411,6 +411,24 @@ impl PartitionLog {
         self.epochs.latest_epoch()
     }
 
+    /// Records that `epoch` starts at the current log end, as a new leader
+    /// does before appending anything (Kafka's `maybeAssignEpochStartOffset`):
+    /// followers truncate against it. An epoch not above the latest is ignored.
+    pub fn assign_epoch_start(&mut self, epoch: i32) -> Result<(), StorageError> {
+        if epoch < 0
+            || self
+                .epochs
+                .latest_epoch()
+                .is_some_and(|latest| latest >= epoch)
+        {
+            return Ok(());
+        }
+        if self.epochs.assign(epoch, self.log_end_offset()) {
+            self.epochs.persist()?;
+        }
+        Ok(())
+    }
+
     /// Kafka OffsetForLeaderEpoch: see [`LeaderEpochCache::end_offset_for`].
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
         self.epochs.end_offset_for(epoch, self.log_end_offset())

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod acked;
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

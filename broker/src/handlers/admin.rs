@@ -2,7 +2,7 @@
 //! broker turns each into a controller call and reports per-item results.
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{
@@ -12,7 +12,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use sluice_metadata::controller_api::{NewPartitions, NewTopic, TopicRef};
+use sluice_metadata::controller_api::{ControllerApi, NewPartitions, NewTopic, TopicRef};
 use sluice_metadata::Uuid;
 
 use super::configs::topic_config_entries;
@@ -27,6 +27,44 @@ pub async fn create_topics(
     broker: &Broker,
     request: CreateTopicsRequest,
     version: i16,
+) -> CreateTopicsResponse {
+    let validate_only = request.validate_only;
+    let controller = broker.controller.clone();
+    create_topics_with(controller.as_ref(), request, |name| {
+        if version < 5 {
+            return None;
+        }
+        let image = broker.replicas.image();
+        let dynamic = if validate_only {
+            None
+        } else {
+            image.topic_config(name)
+        };
+        Some(
+            topic_config_entries(broker, dynamic, None)
+                .into_iter()
+                .map(|e| e.into_created())
+                .collect(),
+        )
+    })
+    .await
+}
+
+/// CreateTopics as the controller listener answers it for a broker that
+/// forwarded it: the broker reports the configs itself.
+pub async fn forwarded_create_topics(
+    controller: &dyn ControllerApi,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    create_topics_with(controller, request, |_| None).await
+}
+
+/// Creates the topics through `controller`; `configs_of` gives a created
+/// topic's config entries for the answer (versions 5 and later).
+async fn create_topics_with(
+    controller: &dyn ControllerApi,
+    request: CreateTopicsRequest,
+    configs_of: impl Fn(&str) -> Option<Vec<CreatableTopicConfigs>>,
 ) -> CreateTopicsResponse {
     let mut invalid = Vec::new();
     let mut topics = Vec::with_capacity(request.topics.len());
@@ -62,12 +100,10 @@ pub async fn create_topics(
         .into_iter()
         .partition(|t| !invalid.iter().any(|(name, _)| *name == t.name));
     let names: Vec<String> = to_send.iter().map(|t| t.name.clone()).collect();
-    let results = broker
-        .controller
+    let results = controller
         .create_topics(to_send, request.validate_only)
         .await;
 
-    let image = broker.replicas.image();
     let mut responses: Vec<CreatableTopicResult> = names
         .into_iter()
         .zip(results)
@@ -75,23 +111,14 @@ pub async fn create_topics(
             let response = CreatableTopicResult::default().with_name(topic_name(&name));
             match result {
                 Ok(created) => {
-                    let mut response = response
+                    let response = response
                         .with_topic_id(created.topic_id)
                         .with_num_partitions(created.num_partitions)
                         .with_replication_factor(created.replication_factor);
-                    if version >= 5 {
-                        let dynamic = if request.validate_only {
-                            None
-                        } else {
-                            image.topic_config(&name)
-                        };
-                        let configs = topic_config_entries(broker, dynamic, None)
-                            .into_iter()
-                            .map(|e| e.into_created())
-                            .collect();
-                        response = response.with_configs(Some(configs));
+                    match configs_of(&name) {
+                        Some(configs) => response.with_configs(Some(configs)),
+                        None => response,
                     }
-                    response
                 }
                 Err(e) => response
                     .with_error_code(controller_error(&e).code())
@@ -124,6 +151,14 @@ pub async fn delete_topics(
     request: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
+    delete_topics_with(broker.controller.as_ref(), request, version).await
+}
+
+pub async fn delete_topics_with(
+    controller: &dyn ControllerApi,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
     let refs: Vec<TopicRef> = if version >= 6 {
         request
             .topics
@@ -140,7 +175,7 @@ pub async fn delete_topics(
             .map(|n| TopicRef::Name(n.0.to_string()))
             .collect()
     };
-    let results = broker.controller.delete_topics(refs.clone()).await;
+    let results = controller.delete_topics(refs.clone()).await;
     let responses = refs
         .into_iter()
         .zip(results)
@@ -168,6 +203,13 @@ pub async fn create_partitions(
     broker: &Broker,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
+    create_partitions_with(broker.controller.as_ref(), request).await
+}
+
+pub async fn create_partitions_with(
+    controller: &dyn ControllerApi,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let requests: Vec<NewPartitions> = request
         .topics
         .iter()
@@ -181,8 +223,7 @@ pub async fn create_partitions(
             }),
         })
         .collect();
-    let results = broker
-        .controller
+    let results = controller
         .create_partitions(requests, request.validate_only)
         .await;
     let responses = request

@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_metadata::configs::{ConfigType, TOPIC_CONFIGS};
-use sluice_metadata::controller_api::{ConfigChange, ControllerError};
+use sluice_metadata::controller_api::{ConfigChange, ControllerApi, ControllerError};
 use sluice_metadata::ConfigResource;
 
 use super::{message, Broker};
@@ -235,7 +235,7 @@ fn resource_of(resource_type: i8, name: &str) -> Result<ConfigResource, Controll
 /// Sends the well-formed resources to the controller and merges the answers
 /// with the ones refused here, in request order.
 async fn alter(
-    broker: &Broker,
+    controller: &dyn ControllerApi,
     planned: Vec<Result<(ConfigResource, Vec<ConfigChange>), ControllerError>>,
     validate_only: bool,
 ) -> Vec<Result<(), ControllerError>> {
@@ -243,8 +243,7 @@ async fn alter(
         .iter()
         .filter_map(|p| p.as_ref().ok().cloned())
         .collect();
-    let mut answers = broker
-        .controller
+    let mut answers = controller
         .alter_configs(valid, validate_only)
         .await
         .into_iter();
@@ -277,6 +276,15 @@ fn alter_response(
 
 pub async fn incremental_alter_configs(
     broker: &Broker,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    incremental_alter_configs_with(broker.controller.as_ref(), request).await
+}
+
+/// IncrementalAlterConfigs against `controller`: a broker's own, or, on the
+/// controller listener, the request a broker forwarded.
+pub async fn incremental_alter_configs_with(
+    controller: &dyn ControllerApi,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     const SET: i8 = 0;
@@ -313,7 +321,7 @@ pub async fn incremental_alter_configs(
             Ok((resource, changes))
         })
         .collect();
-    let results = alter(broker, planned, request.validate_only).await;
+    let results = alter(controller, planned, request.validate_only).await;
     let responses = request
         .resources
         .iter()
@@ -352,7 +360,7 @@ pub async fn alter_configs(broker: &Broker, request: AlterConfigsRequest) -> Alt
             Ok((resource, changes))
         })
         .collect();
-    let results = alter(broker, planned, request.validate_only).await;
+    let results = alter(broker.controller.as_ref(), planned, request.validate_only).await;
     let responses = request
         .resources
         .iter()

@@ -1,4 +1,6 @@
 //! Fetch: whole record batches up to the high watermark, with long polling.
+//! A fetch carrying a replica id is a follower's: it reads up to the log
+//! end, and its fetch offset tells the leader how far the follower got.
 
 use std::time::Duration;
 
@@ -10,14 +12,26 @@ use kafka_protocol::ResponseError;
 
 use super::Broker;
 use crate::errors::storage_error;
+use crate::replica::now_ms;
 
 /// Fetch versions from which topics are named by id.
 const TOPIC_IDS_FROM: i16 = 13;
+
+/// Fetch versions from which the replica id moved into `replica_state`.
+const REPLICA_STATE_FROM: i16 = 15;
 
 pub async fn fetch(broker: &Broker, request: FetchRequest, version: i16) -> FetchResponse {
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let deadline = tokio::time::Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(0) as usize;
+    let replica_id = if version >= REPLICA_STATE_FROM {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+    // A follower's position is recorded once, at the first read: later reads
+    // of a long poll carry the same offset.
+    let mut first = true;
     loop {
         // Register for wake-ups before reading, so an append between the read
         // and the wait is not missed.
@@ -25,17 +39,27 @@ pub async fn fetch(broker: &Broker, request: FetchRequest, version: i16) -> Fetc
         tokio::pin!(notified);
         notified.as_mut().enable();
 
-        let (response, bytes, any_error) = read_all(broker, &request, version);
+        let (response, bytes, any_error) = read_all(broker, &request, version, replica_id, first);
+        first = false;
         if bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline {
             return response;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return read_all(broker, &request, version).0;
+            return read_all(broker, &request, version, replica_id, false).0;
         }
     }
 }
 
-fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+fn read_all(
+    broker: &Broker,
+    request: &FetchRequest,
+    version: i16,
+    replica_id: i32,
+    record_position: bool,
+) -> (FetchResponse, usize, bool) {
+    let from_follower = replica_id >= 0;
+    let mut hw_moved = false;
+    let mut isr_changes = Vec::new();
     let image = broker.replicas.image();
     let mut budget = request.max_bytes.max(0) as usize;
     let mut total = 0usize;
@@ -75,7 +99,7 @@ fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResp
                 partitions.push(data.with_error_code(ResponseError::UnknownTopicId.code()));
                 continue;
             }
-            let state = partition.state();
+            let mut state = partition.state();
             if state.deleted {
                 any_error = true;
                 partitions
@@ -97,7 +121,39 @@ fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResp
                 partitions.push(data.with_error_code(error.code()));
                 continue;
             }
+            if from_follower && !state.replicas.contains(&replica_id) {
+                // Not (yet) a replica in our view: with an epoch, the follower
+                // may know a newer assignment than we do, so it retries.
+                let error = if p.current_leader_epoch >= 0 {
+                    ResponseError::UnknownLeaderEpoch
+                } else {
+                    ResponseError::NotLeaderOrFollower
+                };
+                any_error = true;
+                partitions.push(data.with_error_code(error.code()));
+                continue;
+            }
+            let log_end = state.log.log_end_offset();
+            if from_follower
+                && record_position
+                && p.fetch_offset >= state.log.log_start_offset()
+                && p.fetch_offset <= log_end
+            {
+                let (moved, change) = broker.replicas.record_follower_fetch(
+                    &partition,
+                    &mut state,
+                    replica_id,
+                    p.fetch_offset,
+                    now_ms(),
+                );
+                hw_moved |= moved;
+                if let Some(change) = change {
+                    isr_changes.push((partition.clone(), change));
+                }
+            }
             let hw = state.log.high_watermark();
+            // Followers read up to the log end, consumers up to the high watermark.
+            let max_offset = if from_follower { log_end } else { hw };
             data = data
                 .with_high_watermark(hw)
                 .with_last_stable_offset(hw)
@@ -113,7 +169,7 @@ fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResp
                 partitions.push(data.with_records(Some(Bytes::new())));
                 continue;
             }
-            match state.log.read(p.fetch_offset, limit, hw) {
+            match state.log.read(p.fetch_offset, limit, max_offset) {
                 Ok(read) => {
                     let n = read.records.len();
                     total += n;
@@ -133,7 +189,20 @@ fn read_all(broker: &Broker, request: &FetchRequest, version: i16) -> (FetchResp
                 .with_partitions(partitions),
         );
     }
-    metrics::counter!("sluice_fetch_bytes_total").increment(total as u64);
+    if hw_moved {
+        // acks=all producers wait on the high watermark.
+        broker.replicas.notify_appended();
+    }
+    if !isr_changes.is_empty() {
+        let replicas = broker.replicas.clone();
+        let controller = broker.controller.clone();
+        tokio::spawn(async move { replicas.alter_isr(&*controller, isr_changes).await });
+    }
+    if from_follower {
+        metrics::counter!("sluice_replica_fetch_bytes_total").increment(total as u64);
+    } else {
+        metrics::counter!("sluice_fetch_bytes_total").increment(total as u64);
+    }
     (
         FetchResponse::default().with_responses(topics),
         total,

@@ -1,8 +1,8 @@
 //! Request handlers: each is a function from a decoded request and the
 //! broker's state to a response; none of them touches a socket.
 
-mod admin;
-mod configs;
+pub(crate) mod admin;
+pub(crate) mod configs;
 mod fetch;
 mod metadata;
 mod offsets;

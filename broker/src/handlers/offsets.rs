@@ -29,6 +29,9 @@ pub fn list_offsets(
 ) -> ListOffsetsResponse {
     // The leader epoch is part of the answer from v4 on.
     let with_epoch = version >= 4;
+    // A follower (replica id >= 0) may see up to the log end; others up to
+    // the high watermark, as in Kafka.
+    let from_follower = request.replica_id.0 >= 0;
     let topics = request
         .topics
         .iter()
@@ -46,7 +49,7 @@ pub fn list_offsets(
                         p.partition_index,
                         p.current_leader_epoch,
                         |state| {
-                            lookup(state, p.timestamp)
+                            lookup(state, p.timestamp, from_follower)
                                 .map(|(offset, ts)| (offset, ts, state.leader_epoch))
                         },
                     );
@@ -68,9 +71,14 @@ pub fn list_offsets(
 }
 
 /// (offset, timestamp) for one ListOffsets query.
-fn lookup(state: &PartitionState, timestamp: i64) -> Result<(i64, i64), ResponseError> {
+fn lookup(
+    state: &PartitionState,
+    timestamp: i64,
+    from_follower: bool,
+) -> Result<(i64, i64), ResponseError> {
     let log = &state.log;
     Ok(match timestamp {
+        LATEST if from_follower => (log.log_end_offset(), -1),
         LATEST => (log.high_watermark(), -1),
         EARLIEST | EARLIEST_LOCAL => (log.log_start_offset(), -1),
         LATEST_TIERED => (-1, -1),

@@ -79,10 +79,13 @@ pub async fn produce(broker: &Broker, request: ProduceRequest, _version: i16) ->
     }
     // acks=all: the ISR must reach each batch before we answer.
     let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
-    let mut timed_out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut late = Vec::new();
     for (topic, partition, last_offset) in waits {
-        if !wait_for_high_watermark(broker, &topic, partition, last_offset + 1, timeout).await {
-            timed_out.push((topic, partition));
+        if let Err(error) =
+            wait_for_high_watermark(broker, &topic, partition, last_offset + 1, deadline).await
+        {
+            late.push((topic, partition, error));
         }
     }
 
@@ -92,13 +95,14 @@ pub async fn produce(broker: &Broker, request: ProduceRequest, _version: i16) ->
             let partitions = results
                 .into_iter()
                 .map(|a| {
-                    let late = timed_out
+                    let late = late
                         .iter()
-                        .any(|(t, p)| t == name.0.as_str() && *p == a.partition);
+                        .find(|(t, p, _)| t == name.0.as_str() && *p == a.partition)
+                        .map(|(_, _, error)| *error);
                     let response = PartitionProduceResponse::default().with_index(a.partition);
                     match a.result {
-                        Ok(_) if late => response
-                            .with_error_code(ResponseError::RequestTimedOut.code())
+                        Ok(_) if late.is_some() => response
+                            .with_error_code(late.map_or(0, |e| e.code()))
                             .with_base_offset(-1),
                         Ok((base_offset, _, log_start)) => response
                             .with_base_offset(base_offset)
@@ -142,15 +146,16 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks
         return fail(ResponseError::NotLeaderOrFollower, None);
     }
     if acks == -1 {
-        let min_isr = broker
-            .replicas
-            .image()
-            .topic_config(topic)
-            .and_then(|c| c.get("min.insync.replicas"))
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(broker.config.min_insync_replicas.max(1) as usize);
+        // Kafka checks the committed ISR before appending.
+        let min_isr = min_insync_replicas(broker, topic);
         if state.isr.len() < min_isr {
-            return fail(ResponseError::NotEnoughReplicas, None);
+            return fail(
+                ResponseError::NotEnoughReplicas,
+                Some(format!(
+                    "the ISR of {topic}-{index} has {} replicas, fewer than min.insync.replicas={min_isr}",
+                    state.isr.len()
+                )),
+            );
         }
     }
     let epoch = state.leader_epoch;
@@ -177,25 +182,53 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks
     }
 }
 
+/// `min.insync.replicas` of a topic: its own setting, else the broker's.
+fn min_insync_replicas(broker: &Broker, topic: &str) -> usize {
+    broker
+        .replicas
+        .image()
+        .topic_config(topic)
+        .and_then(|c| c.get("min.insync.replicas"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(broker.config.min_insync_replicas.max(1) as usize)
+}
+
+/// Waits until the high watermark of a partition this broker leads reaches
+/// `target` (Kafka's DelayedProduce): then the answer is success, or
+/// NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR shrank below
+/// `min.insync.replicas` meanwhile. Leadership lost while waiting answers
+/// NOT_LEADER_OR_FOLLOWER; the deadline, REQUEST_TIMED_OUT.
 async fn wait_for_high_watermark(
     broker: &Broker,
     topic: &str,
     index: i32,
     target: i64,
-    timeout: Duration,
-) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
+    deadline: tokio::time::Instant,
+) -> Result<(), ResponseError> {
     loop {
         let notified = broker.replicas.appended().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match broker.replicas.partition(topic, index) {
-            Some(p) if p.state().log.high_watermark() >= target => return true,
-            Some(_) => {}
-            None => return false,
+        let Some(partition) = broker.replicas.partition(topic, index) else {
+            return Err(ResponseError::NotLeaderOrFollower);
+        };
+        {
+            let state = partition.state();
+            if state.deleted || state.leader != broker.config.node_id {
+                return Err(ResponseError::NotLeaderOrFollower);
+            }
+            if state.log.high_watermark() >= target {
+                let in_sync = state.maximal_isr().len();
+                drop(state);
+                return if in_sync >= min_insync_replicas(broker, topic) {
+                    Ok(())
+                } else {
+                    Err(ResponseError::NotEnoughReplicasAfterAppend)
+                };
+            }
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return false;
+            return Err(ResponseError::RequestTimedOut);
         }
     }
 }

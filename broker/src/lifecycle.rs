@@ -1,0 +1,182 @@
+//! The broker's session with the active controller: registration, the
+//! heartbeats that keep it alive and unfence it once it has caught up with
+//! the metadata log, and controlled shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_metadata::controller_api::{
+    BrokerHeartbeat, BrokerRegistrationRequest, ControllerApi, ControllerError, HeartbeatReply,
+};
+use sluice_metadata::MetadataImage;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::replica::ReplicaManager;
+
+pub struct BrokerLifecycle {
+    controller: Arc<dyn ControllerApi>,
+    replicas: Arc<ReplicaManager>,
+    registration: BrokerRegistrationRequest,
+    /// The broker's metadata image, whose offset each heartbeat reports.
+    image: watch::Receiver<Arc<MetadataImage>>,
+    /// `broker.heartbeat.interval.ms`
+    interval: Duration,
+    epoch: watch::Sender<i64>,
+    /// Set once controlled shutdown begins: periodic heartbeats then stop,
+    /// so none of them asks to be unfenced again.
+    shutting_down: AtomicBool,
+}
+
+impl BrokerLifecycle {
+    pub fn new(
+        controller: Arc<dyn ControllerApi>,
+        replicas: Arc<ReplicaManager>,
+        registration: BrokerRegistrationRequest,
+        image: watch::Receiver<Arc<MetadataImage>>,
+        interval: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            controller,
+            replicas,
+            registration,
+            image,
+            interval,
+            epoch: watch::channel(-1).0,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn broker_id(&self) -> i32 {
+        self.registration.broker_id
+    }
+
+    /// The current broker epoch (-1 before the first registration).
+    pub fn broker_epoch(&self) -> i64 {
+        *self.epoch.borrow()
+    }
+
+    fn heartbeat_request(&self, want_shutdown: bool) -> BrokerHeartbeat {
+        BrokerHeartbeat {
+            broker_id: self.registration.broker_id,
+            broker_epoch: self.broker_epoch(),
+            metadata_offset: self.image.borrow().offset,
+            want_fence: false,
+            want_shutdown,
+        }
+    }
+
+    /// Registers, retrying until a controller accepts, within `limit`.
+    async fn register(&self, limit: Duration) -> Result<i64, ControllerError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.controller.register_broker(self.registration.clone()).await {
+                Ok(epoch) => {
+                    info!(broker_id = self.broker_id(), broker_epoch = epoch, "broker registered");
+                    self.replicas.set_broker_epoch(epoch);
+                    self.epoch.send_replace(epoch);
+                    return Ok(epoch);
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    debug!(error = %e, "registration not accepted yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Registers and heartbeats until the controller unfences this broker
+    /// (it has caught up with the metadata log), within `limit`.
+    pub async fn start(&self, limit: Duration) -> Result<(), ControllerError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        self.register(limit).await?;
+        loop {
+            match self.controller.broker_heartbeat(self.heartbeat_request(false)).await {
+                Ok(HeartbeatReply { is_fenced: false, .. }) => {
+                    // Serve only once this broker's own image has the
+                    // unfencing and the leaderships that came with it.
+                    let id = self.broker_id();
+                    let epoch = self.broker_epoch();
+                    let mut image = self.image.clone();
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::time::timeout(
+                        remaining,
+                        image.wait_for(|i| {
+                            i.brokers
+                                .get(&id)
+                                .is_some_and(|b| !b.fenced && b.broker_epoch == epoch)
+                        }),
+                    )
+                    .await
+                    .map_err(|_| ControllerError::Timeout)?
+                    .map_err(|_| ControllerError::Internal("metadata stopped".into()))?;
+                    info!(broker_id = id, "broker unfenced");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(ControllerError::StaleBrokerEpoch { .. }) => {
+                    self.register(deadline - tokio::time::Instant::now()).await?;
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => debug!(error = %e, "heartbeat failed while starting"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ControllerError::Timeout);
+            }
+            // Starting brokers check in often, to be unfenced soon after catching up.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Heartbeats every interval until `stop`; re-registers if the
+    /// controller no longer knows this incarnation (its session expired).
+    pub fn spawn_heartbeats(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(this.interval) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if this.shutting_down.load(Ordering::Relaxed) {
+                    return;
+                }
+                match this.controller.broker_heartbeat(this.heartbeat_request(false)).await {
+                    Ok(HeartbeatReply { is_fenced: true, .. }) => {
+                        debug!("broker is fenced; heartbeating to be unfenced");
+                    }
+                    Ok(_) => {}
+                    Err(ControllerError::StaleBrokerEpoch { .. }) => {
+                        warn!("the controller fenced this broker's session; registering again");
+                        if let Err(e) = this.register(this.interval * 5).await {
+                            warn!(error = %e, "re-registration failed");
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "heartbeat failed"),
+                }
+            }
+        });
+    }
+
+    /// Controlled shutdown: asks the controller to move this broker's
+    /// leaderships away and waits until it says the broker may go, or
+    /// `limit` passes.
+    pub async fn controlled_shutdown(&self, limit: Duration) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            match self.controller.broker_heartbeat(self.heartbeat_request(true)).await {
+                Ok(reply) if reply.should_shutdown => {
+                    info!("controlled shutdown complete: leadership moved away");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "controlled shutdown heartbeat failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        warn!("controlled shutdown did not complete in time; stopping anyway");
+    }
+}

@@ -1,0 +1,467 @@
+//! Two brokers in one process, each with its own replica manager, Kafka
+//! listener and metadata loader, fed the same metadata records by a test
+//! controller that commits AlterPartition itself: a follower replicates, the
+//! high watermark waits for it, the ISR shrinks and grows, and a divergent
+//! tail is truncated after a leader change.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{FetchRequest, ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use sluice_metadata::controller_api::{
+    BoxFuture, BrokerHeartbeat, BrokerRegistrationRequest, ConfigChange, ControllerApi,
+    ControllerError, CreatedTopic, HeartbeatReply, IsrChange, NewPartitions, NewTopic,
+    PartitionState, TopicRef,
+};
+use sluice_metadata::{
+    encode_batch, BrokerRecord, ConfigRecord, ConfigResource, Endpoint, MetadataLoader,
+    MetadataRecord, PartitionRecord, PartitionRegistration, Publisher, TopicRecord, Uuid,
+};
+use sluice_storage::batch::BatchBuilder;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::{server, start_replication, Broker, BrokerConfig, KafkaClient, ReplicaManager};
+
+/// The metadata log of the test: every committed batch goes to every broker's loader.
+struct Cluster {
+    loaders: Vec<MetadataLoader>,
+    offset: u64,
+}
+
+impl Cluster {
+    fn commit(&mut self, records: &[MetadataRecord]) {
+        self.offset += 1;
+        let data = encode_batch(records);
+        for loader in &mut self.loaders {
+            loader.load_entry(self.offset, &data).unwrap();
+        }
+    }
+
+    fn registration(&self, topic_id: Uuid, partition: i32) -> Option<PartitionRegistration> {
+        self.loaders[0]
+            .image()
+            .topic_by_id(&topic_id)?
+            .partitions
+            .get(&partition)
+            .cloned()
+    }
+}
+
+/// A controller that only answers AlterPartition, validating it as the real
+/// one does and committing the new ISR to the test's metadata log.
+struct TestController {
+    cluster: Arc<Mutex<Cluster>>,
+    calls: Mutex<Vec<(i32, i64, IsrChange)>>,
+}
+
+fn refuse<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, ControllerError>> {
+    Box::pin(async { Err(ControllerError::Internal("not in this test".into())) })
+}
+
+fn refuse_all<'a, T: Send + 'a>(n: usize) -> BoxFuture<'a, Vec<Result<T, ControllerError>>> {
+    Box::pin(async move {
+        (0..n)
+            .map(|_| Err(ControllerError::Internal("not in this test".into())))
+            .collect()
+    })
+}
+
+impl ControllerApi for TestController {
+    fn active_controller_id(&self) -> Option<i32> {
+        None
+    }
+    fn create_topics(
+        &self,
+        topics: Vec<NewTopic>,
+        _validate_only: bool,
+    ) -> BoxFuture<'_, Vec<Result<CreatedTopic, ControllerError>>> {
+        refuse_all(topics.len())
+    }
+    fn delete_topics(
+        &self,
+        topics: Vec<TopicRef>,
+    ) -> BoxFuture<'_, Vec<Result<(String, Uuid), ControllerError>>> {
+        refuse_all(topics.len())
+    }
+    fn create_partitions(
+        &self,
+        requests: Vec<NewPartitions>,
+        _validate_only: bool,
+    ) -> BoxFuture<'_, Vec<Result<(), ControllerError>>> {
+        refuse_all(requests.len())
+    }
+    fn alter_configs(
+        &self,
+        changes: Vec<(ConfigResource, Vec<ConfigChange>)>,
+        _validate_only: bool,
+    ) -> BoxFuture<'_, Vec<Result<(), ControllerError>>> {
+        refuse_all(changes.len())
+    }
+    fn register_broker(
+        &self,
+        _request: BrokerRegistrationRequest,
+    ) -> BoxFuture<'_, Result<i64, ControllerError>> {
+        refuse()
+    }
+    fn allocate_producer_ids(
+        &self,
+        _broker_id: i32,
+        _count: i64,
+    ) -> BoxFuture<'_, Result<i64, ControllerError>> {
+        refuse()
+    }
+    fn broker_heartbeat(
+        &self,
+        _heartbeat: BrokerHeartbeat,
+    ) -> BoxFuture<'_, Result<HeartbeatReply, ControllerError>> {
+        refuse()
+    }
+    fn alter_partition(
+        &self,
+        broker_id: i32,
+        broker_epoch: i64,
+        changes: Vec<IsrChange>,
+    ) -> BoxFuture<'_, Vec<Result<PartitionState, ControllerError>>> {
+        Box::pin(async move {
+            let mut results = Vec::new();
+            for change in changes {
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push((broker_id, broker_epoch, change.clone()));
+                let mut cluster = self.cluster.lock().unwrap();
+                let Some(reg) = cluster.registration(change.topic_id, change.partition) else {
+                    results.push(Err(ControllerError::UnknownTopicId(change.topic_id)));
+                    continue;
+                };
+                if reg.leader != broker_id {
+                    results.push(Err(ControllerError::NotLeader("not the leader".into())));
+                } else if reg.leader_epoch != change.leader_epoch {
+                    results.push(Err(ControllerError::FencedLeaderEpoch("fenced".into())));
+                } else if reg.partition_epoch != change.partition_epoch {
+                    results.push(Err(ControllerError::InvalidUpdateVersion("stale".into())));
+                } else {
+                    let record = PartitionRecord {
+                        topic_id: change.topic_id,
+                        partition: change.partition,
+                        replicas: reg.replicas.clone(),
+                        isr: change.new_isr.clone(),
+                        leader: reg.leader,
+                        leader_epoch: reg.leader_epoch,
+                        partition_epoch: reg.partition_epoch + 1,
+                    };
+                    cluster.commit(&[MetadataRecord::Partition(record)]);
+                    results.push(Ok(PartitionState {
+                        leader: reg.leader,
+                        leader_epoch: reg.leader_epoch,
+                        isr: change.new_isr,
+                        partition_epoch: reg.partition_epoch + 1,
+                    }));
+                }
+            }
+            results
+        })
+    }
+}
+
+struct Node {
+    id: i32,
+    replicas: Arc<ReplicaManager>,
+    broker: Arc<Broker>,
+    address: SocketAddr,
+    replication_stop: watch::Sender<bool>,
+}
+
+impl Node {
+    fn start_replication(&mut self) {
+        let (tx, rx) = watch::channel(false);
+        self.replication_stop = tx;
+        start_replication(&self.broker, rx);
+    }
+
+    fn stop_replication(&self) {
+        let _ = self.replication_stop.send(true);
+    }
+
+    /// (log end, high watermark, latest epoch) of the test partition.
+    fn log(&self) -> (i64, i64, Option<i32>) {
+        let partition = self.replicas.partition(TOPIC, 0).unwrap();
+        let state = partition.state();
+        (
+            state.log.log_end_offset(),
+            state.log.high_watermark(),
+            state.log.latest_epoch(),
+        )
+    }
+
+    fn bytes(&self, end: i64) -> Bytes {
+        let partition = self.replicas.partition(TOPIC, 0).unwrap();
+        let state = partition.state();
+        state.log.read(0, usize::MAX, end).unwrap().records
+    }
+}
+
+const TOPIC: &str = "replicated";
+
+fn batch(value: &str) -> Bytes {
+    Bytes::from(
+        BatchBuilder::new(1_000)
+            .record(1_000, None, Some(value.as_bytes()))
+            .build(),
+    )
+}
+
+/// Produces one record; returns (error code, base offset).
+async fn produce(address: SocketAddr, acks: i16, value: &str) -> (i16, i64) {
+    let mut client = KafkaClient::connect(&address.to_string(), "test")
+        .await
+        .unwrap();
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch(value)))])]);
+    let version = client.version_for::<ProduceRequest>(9).unwrap();
+    let response = client.send_version(request, version).await.unwrap();
+    let p = &response.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_replicates_and_truncates_after_a_leader_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Arc::new(Mutex::new(Cluster {
+        loaders: Vec::new(),
+        offset: 0,
+    }));
+    let controller = Arc::new(TestController {
+        cluster: cluster.clone(),
+        calls: Mutex::new(Vec::new()),
+    });
+    let mut nodes = Vec::new();
+    let mut broker_records = Vec::new();
+    for id in [1, 2] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let log_dir = dir.path().join(format!("node-{id}"));
+        let replicas =
+            Arc::new(ReplicaManager::new(id, log_dir.clone(), Default::default()).unwrap());
+        replicas.set_broker_epoch(10 + id as i64);
+        let mut config = BrokerConfig::for_dev(log_dir, address);
+        config.node_id = id;
+        config.replica_lag_time_max = Duration::from_secs(3);
+        config.replica_fetch_wait_max = Duration::from_millis(100);
+        config.replica_fetch_backoff = Duration::from_millis(100);
+        let broker = Arc::new(Broker::new(
+            config,
+            replicas.clone(),
+            controller.clone() as Arc<dyn ControllerApi>,
+            address.port(),
+        ));
+        let (server_stop, server_stop_rx) = watch::channel(false);
+        std::mem::forget(server_stop); // serve until the test ends
+        tokio::spawn(server::run(listener, broker.clone(), server_stop_rx));
+        cluster
+            .lock()
+            .unwrap()
+            .loaders
+            .push(MetadataLoader::new(vec![
+                replicas.clone() as Arc<dyn Publisher>
+            ]));
+        broker_records.push(MetadataRecord::Broker(BrokerRecord {
+            broker_id: id,
+            incarnation_id: Uuid::new_v4(),
+            broker_epoch: 10 + id as i64,
+            endpoints: vec![Endpoint {
+                listener: "PLAINTEXT".into(),
+                host: "127.0.0.1".into(),
+                port: address.port(),
+            }],
+            rack: None,
+            fenced: false,
+        }));
+        nodes.push(Node {
+            id,
+            replicas,
+            broker,
+            address,
+            replication_stop: watch::channel(true).0,
+        });
+    }
+    let topic_id = Uuid::new_v4();
+    let partition = |leader: i32, leader_epoch: i32, isr: Vec<i32>, partition_epoch: i32| {
+        MetadataRecord::Partition(PartitionRecord {
+            topic_id,
+            partition: 0,
+            replicas: vec![1, 2],
+            isr,
+            leader,
+            leader_epoch,
+            partition_epoch,
+        })
+    };
+    let mut records = broker_records;
+    records.push(MetadataRecord::Topic(TopicRecord {
+        name: TOPIC.into(),
+        topic_id,
+    }));
+    records.push(partition(1, 0, vec![1, 2], 0));
+    cluster.lock().unwrap().commit(&records);
+    let isr = || {
+        cluster
+            .lock()
+            .unwrap()
+            .registration(topic_id, 0)
+            .unwrap()
+            .isr
+    };
+
+    // The leader runs; the follower does not fetch yet. acks=1 writes are
+    // not committed while an in-sync follower lacks them.
+    nodes[0].start_replication();
+    for i in 0..3 {
+        assert_eq!(produce(nodes[0].address, 1, &format!("a{i}")).await, (0, i));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(nodes[0].log().0, 3);
+    assert_eq!(
+        nodes[0].log().1,
+        0,
+        "the high watermark waits for the follower"
+    );
+
+    // The follower starts: it copies the log, and the leader's high
+    // watermark never runs ahead of what the follower holds.
+    nodes[1].start_replication();
+    let (leader, follower) = (&nodes[0], &nodes[1]);
+    eventually("the leader's high watermark to reach 3", || {
+        let hw = leader.log().1;
+        let follower_end = follower.log().0;
+        assert!(
+            hw <= follower_end,
+            "hw {hw} ahead of the follower's log end {follower_end}"
+        );
+        hw == 3
+    })
+    .await;
+    eventually("the follower's high watermark to reach 3", || {
+        follower.log().1 == 3
+    })
+    .await;
+    // acks=all completes once the follower has fetched the batch.
+    assert_eq!(produce(leader.address, -1, "b").await, (0, 3));
+    assert!(follower.log().0 >= 4);
+    assert_eq!(leader.bytes(4), follower.bytes(4));
+
+    // A consumer may not read from the follower.
+    let mut client = KafkaClient::connect(&follower.address.to_string(), "test")
+        .await
+        .unwrap();
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let response = client.send_version(fetch, 12).await.unwrap();
+    assert_eq!(
+        response.responses[0].partitions[0].error_code,
+        ResponseError::NotLeaderOrFollower.code()
+    );
+
+    // The follower stops; the leader takes two more records it alone has.
+    nodes[1].stop_replication();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(produce(nodes[0].address, 1, "c0").await, (0, 4));
+    assert_eq!(produce(nodes[0].address, 1, "c1").await, (0, 5));
+    assert_eq!(nodes[0].log(), (6, 4, Some(0)));
+    assert_eq!(nodes[1].log().0, 4);
+
+    // Node 1 is lost; node 2, in the ISR, leads in epoch 1 and writes.
+    let epoch = cluster
+        .lock()
+        .unwrap()
+        .registration(topic_id, 0)
+        .unwrap()
+        .partition_epoch;
+    nodes[0].stop_replication();
+    cluster
+        .lock()
+        .unwrap()
+        .commit(&[partition(2, 1, vec![2], epoch + 1)]);
+    nodes[1].start_replication();
+    assert_eq!(produce(nodes[1].address, 1, "d0").await, (0, 4));
+    assert_eq!(nodes[1].log(), (5, 5, Some(1)));
+
+    // Node 1 comes back as a follower: its tail (offsets 4 and 5 of epoch 0)
+    // goes, and it copies the new leader's epoch 1.
+    nodes[0].start_replication();
+    let (leader, follower) = (&nodes[1], &nodes[0]);
+    eventually("the old leader to converge on the new leader's log", || {
+        follower.log().0 == 5 && follower.log().2 == Some(1)
+    })
+    .await;
+    assert_eq!(leader.bytes(5), follower.bytes(5));
+    eventually("node 1 to rejoin the ISR", || isr() == vec![2, 1]).await;
+    assert!(controller
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(broker, epoch, c)| *broker == 2 && *epoch == 12 && c.new_isr == vec![2, 1]));
+    assert_eq!(produce(leader.address, -1, "e").await, (0, 5));
+
+    // The follower stops fetching and falls behind: after
+    // replica.lag.time.max.ms it leaves the ISR (a stopped follower at the
+    // leader's log end stays in sync), and with min.insync.replicas=2
+    // acks=all is refused.
+    nodes[0].stop_replication();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(produce(nodes[1].address, 1, "f0").await, (0, 6));
+    assert_eq!(
+        nodes[1].log().1,
+        6,
+        "the lagging follower holds the high watermark"
+    );
+    eventually("node 1 to leave the ISR", || isr() == vec![2]).await;
+    eventually("the high watermark to move on without node 1", || {
+        nodes[1].log().1 == 7
+    })
+    .await;
+    cluster
+        .lock()
+        .unwrap()
+        .commit(&[MetadataRecord::Config(ConfigRecord {
+            resource: ConfigResource::Topic(TOPIC.into()),
+            name: "min.insync.replicas".into(),
+            value: Some("2".into()),
+        })]);
+    let (error, _) = produce(nodes[1].address, -1, "f").await;
+    assert_eq!(error, ResponseError::NotEnoughReplicas.code());
+    // acks=1 still works, and with the ISR of one the high watermark follows the leader.
+    assert_eq!(produce(nodes[1].address, 1, "g").await, (0, 7));
+    assert_eq!(nodes[1].log().1, 8);
+    assert_eq!(nodes.iter().map(|n| n.id).collect::<Vec<_>>(), vec![1, 2]);
+}

@@ -1,0 +1,323 @@
+//! A KRaft cluster of separate processes: three controllers replicating the
+//! metadata log and three brokers following it. Controllers and brokers are
+//! killed with kill -9 under real clients.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::acked::{verify, wait_until, AckedWriter};
+use common::cluster::Cluster;
+use kafka_protocol::messages::{describe_quorum_request, DescribeQuorumRequest};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_broker::KafkaClient;
+
+/// Short sessions so that failover is quick enough for a test.
+const FAST: &[&str] = &[
+    "broker.session.timeout.ms=3000",
+    "broker.heartbeat.interval.ms=500",
+    "replica.lag.time.max.ms=5000",
+    "metadata.snapshot.max.records=25",
+];
+
+struct QuorumView {
+    leader: i32,
+    epoch: i32,
+    high_watermark: i64,
+    /// (voter, log end offset)
+    voters: Vec<(i32, i64)>,
+}
+
+async fn describe_quorum(cluster: &mut Cluster) -> Option<QuorumView> {
+    for node in cluster.controllers.iter_mut() {
+        if !node.is_running() {
+            continue;
+        }
+        let Ok(mut client) = KafkaClient::connect(&node.address(), "test").await else {
+            continue;
+        };
+        let request = DescribeQuorumRequest::default().with_topics(vec![
+            describe_quorum_request::TopicData::default()
+                .with_topic_name(StrBytes::from_static_str("__cluster_metadata").into())
+                .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
+        ]);
+        let Ok(r) = client.send(request).await else {
+            continue;
+        };
+        if r.error_code != 0 {
+            continue;
+        }
+        let p = r.topics.first()?.partitions.first()?;
+        return Some(QuorumView {
+            leader: p.leader_id.0,
+            epoch: p.leader_epoch,
+            high_watermark: p.high_watermark,
+            voters: p
+                .current_voters
+                .iter()
+                .map(|v| (v.replica_id.0, v.log_end_offset))
+                .collect(),
+        });
+    }
+    None
+}
+
+async fn wait_for_quorum(cluster: &mut Cluster, limit: Duration) -> QuorumView {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(q) = describe_quorum(cluster).await {
+            return q;
+        }
+        assert!(Instant::now() < deadline, "no quorum leader:\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn created(cluster: &mut Cluster, args: &[&str]) {
+    let out = cluster.cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+}
+
+fn topic_list(cluster: &mut Cluster) -> String {
+    let out = cluster.cli(&["list"]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The leader, ISR and replicas of each partition of `topic`, as a broker sees them.
+fn partitions(bootstrap: &str, topic: &str) -> Vec<(i32, i32, usize)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return Vec::new();
+    };
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| (p.id(), p.leader(), p.isr().len()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn active_controller_failover_keeps_metadata() {
+    let mut cluster = Cluster::start(3, 3, FAST);
+    created(&mut cluster, &["create", "before", "--partitions", "3", "--replication-factor", "3"]);
+    let first = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
+    cluster.controller(first.leader).kill9();
+
+    // A new controller takes over and metadata changes go on.
+    let started = Instant::now();
+    created(&mut cluster, &["create", "after", "--partitions", "3", "--replication-factor", "3"]);
+    eprintln!("topic created {:?} after killing the active controller", started.elapsed());
+    let second = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
+    assert_ne!(second.leader, first.leader);
+    assert!(second.epoch > first.epoch);
+
+    // Enough changes while it is down that the others snapshot and compact.
+    for i in 0..30 {
+        created(&mut cluster, &["create", &format!("while-down-{i}"), "--partitions", "1", "--replication-factor", "1"]);
+    }
+    cluster.controller(first.leader).restart();
+    cluster.controller(first.leader).wait_serving(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
+        let caught_up = q
+            .voters
+            .iter()
+            .any(|&(id, end)| id == first.leader && end >= q.high_watermark);
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "restarted controller did not catch up:\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        cluster.controller(first.leader).log().contains("installing a snapshot")
+            || cluster.controller(first.leader).log().contains("loaded metadata snapshot"),
+        "the restarted controller should have caught up from a snapshot"
+    );
+
+    // Now the second leader goes too: the restarted one serves the full state.
+    cluster.controller(second.leader).kill9();
+    created(&mut cluster, &["create", "last", "--partitions", "1", "--replication-factor", "3"]);
+    let topics = topic_list(&mut cluster);
+    for name in ["before", "after", "while-down-0", "while-down-29", "last"] {
+        assert!(topics.lines().any(|l| l.trim() == name), "{name} missing from:\n{topics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_broker_kill_9_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, 3, FAST);
+    created(
+        &mut cluster,
+        &["create", "orders", "--partitions", "3", "--replication-factor", "3", "--config", "min.insync.replicas=2"],
+    );
+    let bootstrap = cluster.bootstrap();
+    let writer = AckedWriter::spawn(&bootstrap, "orders", 3);
+    writer.wait_for_more(2000, Duration::from_secs(60));
+
+    let leader = partitions(&bootstrap, "orders")
+        .iter()
+        .find(|p| p.0 == 0)
+        .map(|p| p.1)
+        .expect("partition 0 has a leader");
+    cluster.broker(leader).kill9();
+    let killed_at = Instant::now();
+    writer.wait_for_more(2000, Duration::from_secs(60));
+    eprintln!("2000 more writes acknowledged {:?} after killing broker {leader}", killed_at.elapsed());
+    let now = partitions(&bootstrap, "orders");
+    assert!(now.iter().all(|p| p.1 != leader), "broker {leader} still leads: {now:?}");
+
+    cluster.broker(leader).restart();
+    cluster.broker(leader).wait_serving(Duration::from_secs(60));
+    writer.wait_for_more(2000, Duration::from_secs(60));
+    let acked = writer.stop().await;
+    // The restarted broker catches up and rejoins every ISR.
+    wait_until(
+        || {
+            let p = partitions(&bootstrap, "orders");
+            p.len() == 3 && p.iter().all(|p| p.2 == 3)
+        },
+        Duration::from_secs(60),
+    );
+    verify(&bootstrap, "orders", &acked);
+    // Read from the restarted broker alone too: its copy is whole.
+    let only_restarted = cluster.broker(leader).address();
+    verify(&only_restarted, "orders", &acked);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_controller_majority_stops_metadata_changes_only() {
+    let mut cluster = Cluster::start(3, 3, FAST);
+    created(&mut cluster, &["create", "steady", "--partitions", "3", "--replication-factor", "3"]);
+    let q = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
+    let down: Vec<i32> = cluster
+        .controllers
+        .iter()
+        .map(|c| c.id)
+        .filter(|&id| id != q.leader)
+        .collect();
+    for &id in &down {
+        cluster.controller(id).kill9();
+    }
+
+    // Metadata changes fail with an error rather than hanging.
+    let out = cluster.cli(&["create", "refused", "--partitions", "1", "--replication-factor", "1"]);
+    assert!(!out.status.success(), "topic creation without a controller majority succeeded");
+    let text = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(text.contains("controller") || text.contains("timed out"), "unclear error: {text}");
+
+    // Existing leaders keep serving acks=1 produce and fetch.
+    let bootstrap = cluster.bootstrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "1")
+        .set("message.timeout.ms", "20000")
+        .create()
+        .unwrap();
+    for i in 0..30 {
+        let payload = format!("m{i}");
+        producer
+            .send(FutureRecord::<(), _>::to("steady").partition(i % 3).payload(&payload), Duration::from_secs(10))
+            .await
+            .expect("acks=1 produce without a controller majority");
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "steady-check")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset("steady", p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen < 30 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            assert!(m.payload().is_some());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 30);
+
+    // The majority comes back: everything recovers.
+    for &id in &down {
+        cluster.controller(id).restart();
+    }
+    created(&mut cluster, &["create", "recovered", "--partitions", "1", "--replication-factor", "3"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_raft_streams_are_dropped_without_harm() {
+    let mut cluster = Cluster::start(3, 1, FAST);
+    let target = cluster.controllers[0].address();
+    let target_id = cluster.controllers[0].id;
+    let send = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(&target).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(bytes);
+        // The controller closes the stream: a read sees the end.
+        let mut buf = [0u8; 16];
+        let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+        assert!(closed);
+    };
+    let stream = |peer: u64, frame: &[u8]| {
+        let mut v = b"SLRF".to_vec();
+        v.extend_from_slice(&peer.to_be_bytes());
+        v.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        v.extend_from_slice(frame);
+        v
+    };
+    // Garbage where a protobuf message should be.
+    send(&stream(1002, &[0xff; 40]));
+    // A frame claiming 4 GiB.
+    let mut huge = b"SLRF".to_vec();
+    huge.extend_from_slice(&1002u64.to_be_bytes());
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    send(&huge);
+    // A well-formed message from a node other than the stream's peer:
+    // protobuf fields msg_type=3 (append), to, from=3, term=100.
+    let mut forged = vec![0x08, 0x03, 0x10];
+    varint(target_id as u64, &mut forged);
+    forged.extend_from_slice(&[0x18, 0x03, 0x20, 0x64]);
+    send(&stream(1002, &forged));
+    // Kafka framing with a stream magic on the broker port is refused too.
+    let broker = cluster.brokers[0].address();
+    let mut s = TcpStream::connect(&broker).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(&stream(1002, &[0; 8]));
+    let mut buf = [0u8; 16];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+
+    // The quorum is unharmed and still takes changes.
+    assert!(cluster.controllers.iter_mut().all(|c| c.is_running()));
+    created(&mut cluster, &["create", "after-garbage", "--partitions", "1", "--replication-factor", "1"]);
+    let q = wait_for_quorum(&mut cluster, Duration::from_secs(10)).await;
+    assert!(q.voters.len() == 3);
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}

@@ -1,0 +1,240 @@
+//! A multi-process cluster for tests: controllers and brokers as separate
+//! `sluice server` processes on 127.0.0.1, each killable and restartable on
+//! its own data directory and port.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, BIN};
+
+pub struct Node {
+    pub id: i32,
+    pub role: &'static str,
+    pub port: u16,
+    pub data: PathBuf,
+    settings: Vec<String>,
+    child: Option<Child>,
+    /// "Serving" lines in the log before the latest start.
+    served_before: usize,
+}
+
+impl Node {
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data.with_extension("log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn marker(&self) -> &'static str {
+        if self.role == "broker" {
+            "serving Kafka on"
+        } else {
+            "serving the metadata quorum on"
+        }
+    }
+
+    fn launch(&mut self) {
+        self.served_before = self.log().matches(self.marker()).count();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("node log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("server");
+        for s in &self.settings {
+            cmd.arg("--set").arg(s);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawning sluice server");
+        self.child = Some(child);
+    }
+
+    /// Waits until the node prints that it serves (a broker: once it is unfenced).
+    pub fn wait_serving(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let marker = self.marker();
+        loop {
+            // The log is appended to across restarts: wait for a new line.
+            if self.log().matches(marker).count() > self.served_before {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("node {} exited ({status}):\n{}", self.id, self.log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not serve within {limit:?}:\n{}",
+                self.id,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// kill -9: no chance to flush, checkpoint or hand over leadership.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the process to exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(45);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        self.launch();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub controllers: Vec<Node>,
+    pub brokers: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `controllers` controllers (ids 1001..) and `brokers` brokers
+    /// (ids 1..), with `extra` settings on every node, and waits until every
+    /// broker serves.
+    pub fn start(controllers: usize, brokers: usize, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let controller_ports: Vec<u16> = (0..controllers).map(|_| free_port()).collect();
+        let voters: Vec<String> = controller_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}@127.0.0.1:{port}", 1001 + i))
+            .collect();
+        let voters = voters.join(",");
+        let node = |id: i32, role: &'static str, port: u16| {
+            let data = dir.path().join(format!("node-{id}"));
+            let listener = if role == "controller" { "CONTROLLER" } else { "PLAINTEXT" };
+            let mut settings = vec![
+                format!("node.id={id}"),
+                format!("process.roles={role}"),
+                format!("controller.quorum.voters={voters}"),
+                format!("listeners={listener}://127.0.0.1:{port}"),
+                format!("log.dirs={}", data.display()),
+                "metrics.listen=".to_string(),
+            ];
+            settings.extend(extra.iter().map(|s| s.to_string()));
+            Node {
+                id,
+                role,
+                port,
+                data,
+                settings,
+                child: None,
+                served_before: 0,
+            }
+        };
+        let mut cluster = Cluster {
+            controllers: controller_ports
+                .iter()
+                .enumerate()
+                .map(|(i, &port)| node(1001 + i as i32, "controller", port))
+                .collect(),
+            brokers: (0..brokers)
+                .map(|i| node(1 + i as i32, "broker", free_port()))
+                .collect(),
+            _dir: dir,
+        };
+        for n in cluster.controllers.iter_mut().chain(cluster.brokers.iter_mut()) {
+            n.launch();
+        }
+        for n in cluster.controllers.iter_mut().chain(cluster.brokers.iter_mut()) {
+            n.wait_serving(Duration::from_secs(120));
+        }
+        cluster
+    }
+
+    pub fn bootstrap(&self) -> String {
+        let addresses: Vec<String> = self.brokers.iter().map(Node::address).collect();
+        addresses.join(",")
+    }
+
+    pub fn broker(&mut self, id: i32) -> &mut Node {
+        self.brokers
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("no such broker")
+    }
+
+    pub fn controller(&mut self, id: i32) -> &mut Node {
+        self.controllers
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("no such controller")
+    }
+
+    /// Runs `sluice topics ...` against the brokers that are up.
+    pub fn cli(&mut self, args: &[&str]) -> std::process::Output {
+        let bootstrap = self
+            .brokers
+            .iter_mut()
+            .filter_map(|b| b.is_running().then(|| b.address()))
+            .next()
+            .expect("no broker is running");
+        Command::new(BIN)
+            .arg("topics")
+            .arg("--bootstrap-server")
+            .arg(bootstrap)
+            .args(args)
+            .output()
+            .expect("running sluice topics")
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.controllers
+            .iter()
+            .chain(self.brokers.iter())
+            .map(|n| format!("===== node {} ({})\n{}", n.id, n.role, n.log()))
+            .collect()
+    }
+}
