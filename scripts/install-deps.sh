@@ -2,11 +2,12 @@
 # Installs what building and testing Sluice needs on Debian/Ubuntu, skipping
 # what is already there: clang + libclang (RocksDB bindings), protobuf-compiler
 # (raft-rs), cmake + a C toolchain and the curl, OpenSSL and zlib headers
-# (librdkafka for the tests), kcat, and
+# (librdkafka for the tests), kcat, iproute2 and iptables (network namespaces
+# for the partition test), and
 # python3-venv when the python3 on PATH cannot make virtualenvs.
 set -euo pipefail
 
-packages=(clang libclang-dev protobuf-compiler cmake build-essential pkg-config kcat curl libcurl4-openssl-dev libssl-dev zlib1g-dev)
+packages=(clang libclang-dev protobuf-compiler cmake build-essential pkg-config kcat curl libcurl4-openssl-dev libssl-dev zlib1g-dev iproute2 iptables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

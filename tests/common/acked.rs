@@ -106,8 +106,14 @@ impl AckedWriter {
 /// Reads every partition back from the beginning and checks that each
 /// acknowledged message is at its acknowledged offset, that no sequence
 /// number appears twice or out of order, and that the high watermark is
-/// past every acknowledged offset.
-pub fn verify(bootstrap: &str, topic: &str, acked: &BTreeMap<i32, Vec<(i64, u64)>>) {
+/// past every acknowledged offset. Returns each partition's log as
+/// offset -> sequence number.
+pub fn verify(
+    bootstrap: &str,
+    topic: &str,
+    acked: &BTreeMap<i32, Vec<(i64, u64)>>,
+) -> BTreeMap<i32, BTreeMap<i64, u64>> {
+    let mut logs = BTreeMap::new();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "sluice-verify")
@@ -150,7 +156,9 @@ pub fn verify(bootstrap: &str, topic: &str, acked: &BTreeMap<i32, Vec<(i64, u64)
             seqs.windows(2).all(|w| w[0] < w[1]),
             "partition {partition}: duplicates or reordering"
         );
+        logs.insert(partition, log);
     }
+    logs
 }
 
 pub fn wait_until(mut condition: impl FnMut() -> bool, limit: Duration) {

@@ -6,12 +6,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::netns::Network;
 use super::{free_port, BIN};
 
 pub struct Node {
     pub id: i32,
     pub role: &'static str,
+    pub host: String,
     pub port: u16,
+    /// The network namespace the node runs in, if any.
+    namespace: Option<String>,
     pub data: PathBuf,
     settings: Vec<String>,
     child: Option<Child>,
@@ -21,7 +25,7 @@ pub struct Node {
 
 impl Node {
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -47,7 +51,15 @@ impl Node {
             .append(true)
             .open(self.log_path())
             .expect("node log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.namespace {
+            // `ip netns exec` execs the server, so the child is the server.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, BIN]);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("server");
         for s in &self.settings {
             cmd.arg("--set").arg(s);
@@ -143,22 +155,44 @@ impl Cluster {
     /// (ids 1..), with `extra` settings on every node, and waits until every
     /// broker serves.
     pub fn start(controllers: usize, brokers: usize, extra: &[&str]) -> Self {
+        Self::start_on(None, controllers, brokers, extra)
+    }
+
+    /// Like [`Cluster::start`], with each node on its own host of `network`
+    /// when given: controllers on hosts 0.., brokers on the hosts after them.
+    pub fn start_on(
+        network: Option<&Network>,
+        controllers: usize,
+        brokers: usize,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let controller_ports: Vec<u16> = (0..controllers).map(|_| free_port()).collect();
-        let voters: Vec<String> = controller_ports
+        // (host, port, namespace) of node number `i` in start order.
+        let place = |i: usize| match network {
+            Some(net) => (
+                net.address(i),
+                if i < controllers { 9093 } else { 9092 },
+                Some(net.namespace(i)),
+            ),
+            None => ("127.0.0.1".to_string(), free_port(), None),
+        };
+        let places: Vec<(String, u16, Option<String>)> =
+            (0..controllers + brokers).map(place).collect();
+        let voters: Vec<String> = places[..controllers]
             .iter()
             .enumerate()
-            .map(|(i, port)| format!("{}@127.0.0.1:{port}", 1001 + i))
+            .map(|(i, (host, port, _))| format!("{}@{host}:{port}", 1001 + i))
             .collect();
         let voters = voters.join(",");
-        let node = |id: i32, role: &'static str, port: u16| {
+        let node = |id: i32, role: &'static str, place: &(String, u16, Option<String>)| {
+            let (host, port, namespace) = place.clone();
             let data = dir.path().join(format!("node-{id}"));
             let listener = if role == "controller" { "CONTROLLER" } else { "PLAINTEXT" };
             let mut settings = vec![
                 format!("node.id={id}"),
                 format!("process.roles={role}"),
                 format!("controller.quorum.voters={voters}"),
-                format!("listeners={listener}://127.0.0.1:{port}"),
+                format!("listeners={listener}://{host}:{port}"),
                 format!("log.dirs={}", data.display()),
                 "metrics.listen=".to_string(),
             ];
@@ -166,7 +200,9 @@ impl Cluster {
             Node {
                 id,
                 role,
+                host,
                 port,
+                namespace,
                 data,
                 settings,
                 child: None,
@@ -174,13 +210,11 @@ impl Cluster {
             }
         };
         let mut cluster = Cluster {
-            controllers: controller_ports
-                .iter()
-                .enumerate()
-                .map(|(i, &port)| node(1001 + i as i32, "controller", port))
+            controllers: (0..controllers)
+                .map(|i| node(1001 + i as i32, "controller", &places[i]))
                 .collect(),
             brokers: (0..brokers)
-                .map(|i| node(1 + i as i32, "broker", free_port()))
+                .map(|i| node(1 + i as i32, "broker", &places[controllers + i]))
                 .collect(),
             _dir: dir,
         };

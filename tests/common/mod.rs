@@ -5,6 +5,7 @@
 
 pub mod acked;
 pub mod cluster;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

@@ -1,0 +1,117 @@
+//! Hosts with their own addresses on one machine: a Linux network
+//! namespace per node, each joined to a bridge in the test's namespace by a
+//! veth pair. Cutting a node off is taking its veth down; healing, bringing
+//! it up. Needs root and iproute2.
+
+use std::process::Command;
+
+pub struct Network {
+    tag: String,
+    subnet: String,
+    hosts: usize,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Inserts (`-I`) or deletes (`-D`) the rule accepting forwarding within `bridge`.
+fn iptables(action: &str, bridge: &str) -> Result<(), String> {
+    let out = Command::new("iptables")
+        .args([action, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"])
+        .output()
+        .map_err(|e| format!("running iptables: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("iptables {action}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+impl Network {
+    /// A bridge and `hosts` namespaces on a /24 of 10.200.0.0/16 chosen from
+    /// the process id, so concurrent runs do not collide. Fails (with the
+    /// reason) where namespaces cannot be made, e.g. without root.
+    pub fn new(hosts: usize) -> Result<Self, String> {
+        let pid = std::process::id();
+        let tag = format!("{}", pid % 100_000);
+        let subnet = format!("10.200.{}", pid % 250 + 1);
+        let net = Network {
+            tag,
+            subnet,
+            hosts: 0,
+        };
+        let bridge = net.bridge();
+        let _ = ip(&["link", "del", &bridge]);
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        // Where Docker runs, bridged traffic goes through iptables' FORWARD
+        // chain, whose policy drops it: let this bridge's own traffic pass.
+        iptables("-I", &bridge)?;
+        ip(&["addr", "add", &format!("{}.1/24", net.subnet), "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        let mut net = net;
+        for i in 0..hosts {
+            let ns = net.namespace(i);
+            let veth = net.veth(i);
+            let _ = ip(&["netns", "del", &ns]);
+            ip(&["netns", "add", &ns])?;
+            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&["link", "set", &veth, "master", &bridge])?;
+            ip(&["link", "set", &veth, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.address(i)), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            net.hosts = i + 1;
+        }
+        Ok(net)
+    }
+
+    fn bridge(&self) -> String {
+        format!("slb{}", self.tag)
+    }
+
+    fn veth(&self, host: usize) -> String {
+        format!("slv{}h{host}", self.tag)
+    }
+
+    pub fn namespace(&self, host: usize) -> String {
+        format!("sluice-{}-{host}", self.tag)
+    }
+
+    /// The address of host `host` (reachable from the test's namespace).
+    pub fn address(&self, host: usize) -> String {
+        format!("{}.{}", self.subnet, 10 + host)
+    }
+
+    /// Cuts host `host` off from every other host and from the test.
+    pub fn cut(&self, host: usize) {
+        ip(&["link", "set", &self.veth(host), "down"]).expect("cutting a host off");
+    }
+
+    pub fn heal(&self, host: usize) {
+        ip(&["link", "set", &self.veth(host), "up"]).expect("reconnecting a host");
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for i in 0..self.hosts {
+            let _ = ip(&["link", "del", &self.veth(i)]);
+            let _ = ip(&["netns", "del", &self.namespace(i)]);
+        }
+        let _ = iptables("-D", &self.bridge());
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}

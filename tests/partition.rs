@@ -1,0 +1,142 @@
+//! A leader broker cut off from the rest of the cluster by the network
+//! (each node in its own Linux network namespace): it cannot commit acks=all
+//! writes alone, the majority side elects a new leader, and once the network
+//! heals there is one leader and no acknowledged write is lost.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::acked::{verify, wait_until, AckedWriter};
+use common::cluster::Cluster;
+use common::netns::Network;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+const FAST: &[&str] = &[
+    "broker.session.timeout.ms=3000",
+    "broker.heartbeat.interval.ms=500",
+    "replica.lag.time.max.ms=5000",
+];
+
+/// Sequence numbers written to the isolated leader; the writer's are small.
+const ISOLATED_BASE: u64 = 1_000_000_000_000;
+
+/// (leader, ISR size) of partition 0 as the broker at `address` alone sees it.
+fn view(address: &str) -> Option<(i32, usize)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", address)
+        .create()
+        .ok()?;
+    let metadata = consumer
+        .fetch_metadata(Some("split"), Duration::from_secs(5))
+        .ok()?;
+    let p = metadata.topics().first()?.partitions().iter().find(|p| p.id() == 0)?;
+    Some((p.leader(), p.isr().len()))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
+    if !is_root() {
+        eprintln!("SKIPPED: network namespaces need root (CI runs this test as root)");
+        return;
+    }
+    let network = Network::new(6).expect("network namespaces");
+    let mut cluster = Cluster::start_on(Some(&network), 3, 3, FAST);
+    let out = cluster.cli(&[
+        "create", "split", "--partitions", "1", "--replication-factor", "3", "--config", "min.insync.replicas=2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bootstrap = cluster.bootstrap();
+    let writer = AckedWriter::spawn(&bootstrap, "split", 1);
+    writer.wait_for_more(1000, Duration::from_secs(60));
+
+    let (leader, _) = view(&bootstrap).expect("partition 0 has a leader");
+    let leader_host = 3 + (leader as usize - 1);
+    let leader_address = cluster.broker(leader).address();
+    network.cut(leader_host);
+    let cut_at = Instant::now();
+
+    // From inside the cut-off host, acks=all writes to the old leader
+    // cannot be acknowledged: its followers are out of reach.
+    let isolated: Vec<String> = (0..20).map(|i| (ISOLATED_BASE + i).to_string()).collect();
+    let kcat = Command::new("ip")
+        .args(["netns", "exec", &network.namespace(leader_host), "kcat", "-P"])
+        .args(["-b", &leader_address, "-t", "split", "-p", "0"])
+        .args(["-X", "acks=all", "-X", "message.timeout.ms=6000", "-X", "topic.metadata.refresh.interval.ms=600000"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat");
+    let mut kcat = kcat;
+    {
+        use std::io::Write;
+        let mut stdin = kcat.stdin.take().expect("kcat stdin");
+        stdin.write_all(isolated.join("\n").as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+    }
+    let kcat = kcat.wait_with_output().expect("kcat output");
+    let kcat_err = String::from_utf8_lossy(&kcat.stderr).to_string();
+    assert!(
+        kcat_err.contains("Delivery failed") || kcat_err.contains("timed out") || !kcat.status.success(),
+        "writes to the isolated leader were acknowledged: {kcat_err}"
+    );
+
+    // The majority side elects another leader and writes go on there.
+    let others: Vec<String> = cluster
+        .brokers
+        .iter()
+        .filter(|b| b.id != leader)
+        .map(|b| b.address())
+        .collect();
+    wait_until(
+        || others.iter().all(|a| view(a).is_some_and(|(l, _)| l >= 0 && l != leader)),
+        Duration::from_secs(30),
+    );
+    eprintln!("new leader elected {:?} after the cut", cut_at.elapsed());
+    writer.wait_for_more(1000, Duration::from_secs(60));
+
+    // Heal: the old leader follows, truncates what it never committed and
+    // rejoins the ISR; every broker names the same leader.
+    network.heal(leader_host);
+    let all: Vec<String> = cluster.brokers.iter().map(|b| b.address()).collect();
+    wait_until(
+        || {
+            let views: Vec<Option<(i32, usize)>> = all.iter().map(|a| view(a)).collect();
+            views.iter().all(|v| v.is_some_and(|(l, isr)| l >= 0 && isr == 3))
+                && views.windows(2).all(|w| w[0].map(|v| v.0) == w[1].map(|v| v.0))
+        },
+        Duration::from_secs(90),
+    );
+    writer.wait_for_more(500, Duration::from_secs(60));
+    let acked = writer.stop().await;
+    let logs = verify(&bootstrap, "split", &acked);
+    // The old leader's own copy: with the other brokers gone it leads again
+    // and serves everything that was acknowledged, and nothing else.
+    let others: Vec<i32> = cluster.brokers.iter().map(|b| b.id).filter(|&id| id != leader).collect();
+    for id in others {
+        cluster.broker(id).kill9();
+    }
+    wait_until(
+        || view(&leader_address).is_some_and(|(l, _)| l == leader),
+        Duration::from_secs(30),
+    );
+    let old_leader_logs = verify(&leader_address, "split", &acked);
+    // Nothing written only to the isolated leader survives anywhere.
+    for log in logs.values().chain(old_leader_logs.values()) {
+        assert!(
+            log.values().all(|&seq| seq < ISOLATED_BASE),
+            "an unacknowledged write to the isolated leader was kept"
+        );
+    }
+}
