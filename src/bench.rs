@@ -22,7 +22,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -88,7 +87,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         return compare_replication(args, rf).await;
     }
     let topic = format!("sluice-bench-{}", std::process::id());
-    create_topic(&args.bootstrap_server, &topic, args.partitions, args.replication_factor).await?;
+    create_topic(
+        &args.bootstrap_server,
+        &topic,
+        args.partitions,
+        args.replication_factor,
+    )
+    .await?;
     let total_bytes = args.messages * args.size as u64;
     println!(
         "sluice bench: {} messages x {} bytes over {} partitions, acks={}, linger.ms={}, compression={}",
@@ -187,7 +192,12 @@ async fn compare_replication(args: BenchArgs, rf: i16) -> Result<()> {
         );
         for (name, p, c, l) in [
             ("RF=1 acks=1", &base_produced, &base_consumed, &base_latency),
-            (&*format!("RF={rf} acks=all"), &produced, &consumed, &latency),
+            (
+                &*format!("RF={rf} acks=all"),
+                &produced,
+                &consumed,
+                &latency,
+            ),
         ] {
             println!(
                 "{:<24} {:>12.0} {:>9.1} {:>12.0} {:>9.2} {:>9.2} {:>9.2}",

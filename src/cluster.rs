@@ -137,7 +137,13 @@ impl LocalCluster {
         let dir = dir.canonicalize()?;
         let controller_port = |i: u16| port + 100 + i;
         let voters: Vec<String> = (0..controllers)
-            .map(|i| format!("{}@127.0.0.1:{}", FIRST_CONTROLLER_ID + i, controller_port(i)))
+            .map(|i| {
+                format!(
+                    "{}@127.0.0.1:{}",
+                    FIRST_CONTROLLER_ID + i,
+                    controller_port(i)
+                )
+            })
             .collect();
         let voters = voters.join(",");
         let exe = std::env::current_exe().context("locating the sluice binary")?;
@@ -147,7 +153,11 @@ impl LocalCluster {
         let mut nodes = Vec::new();
         for (id, role, node_port) in plan {
             let data = dir.join(format!("node-{id}"));
-            let listener = if role == "controller" { "CONTROLLER" } else { "PLAINTEXT" };
+            let listener = if role == "controller" {
+                "CONTROLLER"
+            } else {
+                "PLAINTEXT"
+            };
             let mut settings = vec![
                 format!("node.id={id}"),
                 format!("process.roles={role}"),
@@ -158,7 +168,10 @@ impl LocalCluster {
             ];
             if role == "broker" {
                 settings.push(format!("default.replication.factor={}", brokers.min(3)));
-                settings.push(format!("min.insync.replicas={}", if brokers >= 3 { 2 } else { 1 }));
+                settings.push(format!(
+                    "min.insync.replicas={}",
+                    if brokers >= 3 { 2 } else { 1 }
+                ));
             }
             settings.extend(overrides.iter().cloned());
             let mut command = vec!["server".to_string()];
@@ -236,10 +249,18 @@ impl LocalCluster {
         let node = self.node_mut(id)?;
         while !node.is_serving() {
             if let Some(Ok(Some(status))) = node.child.as_mut().map(Child::try_wait) {
-                bail!("node {} exited ({status}); see {}", node.id, node.log.display());
+                bail!(
+                    "node {} exited ({status}); see {}",
+                    node.id,
+                    node.log.display()
+                );
             }
             if Instant::now() > deadline {
-                bail!("node {} did not start within {limit:?}; see {}", node.id, node.log.display());
+                bail!(
+                    "node {} did not start within {limit:?}; see {}",
+                    node.id,
+                    node.log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -307,7 +328,12 @@ impl LocalCluster {
     fn report_exits(&mut self) {
         for n in self.nodes.iter_mut() {
             if let Some(Ok(Some(status))) = n.child.as_mut().map(Child::try_wait) {
-                eprintln!("node {} ({}) exited: {status}; see {}", n.id, n.role, n.log.display());
+                eprintln!(
+                    "node {} ({}) exited: {status}; see {}",
+                    n.id,
+                    n.role,
+                    n.log.display()
+                );
                 n.child = None;
             }
         }
@@ -350,7 +376,10 @@ async fn up(args: UpArgs) -> Result<()> {
         ]);
     }
     print!("{}", table.render());
-    println!("\nThe cluster is up. Bootstrap servers: {}", cluster.bootstrap());
+    println!(
+        "\nThe cluster is up. Bootstrap servers: {}",
+        cluster.bootstrap()
+    );
     println!("Press Ctrl-C to stop every node.");
     loop {
         tokio::select! {
@@ -366,8 +395,12 @@ async fn up(args: UpArgs) -> Result<()> {
 /// The controllers and brokers listed in `dir/cluster.toml`.
 fn read_layout(dir: &Path) -> Result<Vec<(i64, String, String)>> {
     let path = dir.join("cluster.toml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (start the cluster with `sluice cluster up`)", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (start the cluster with `sluice cluster up`)",
+            path.display()
+        )
+    })?;
     let table: toml::Table = text.parse()?;
     let nodes = table
         .get("node")
@@ -430,7 +463,11 @@ async fn status(controller: Option<String>, dir: &Path) -> Result<()> {
     );
     let mut table = Table::new(&["NODE", "ROLE", "LOG END", "LAG"]);
     for v in &p.current_voters {
-        let role = if v.replica_id == p.leader_id { "leader" } else { "voter" };
+        let role = if v.replica_id == p.leader_id {
+            "leader"
+        } else {
+            "voter"
+        };
         table.row(vec![
             v.replica_id.0.to_string(),
             role.to_string(),
@@ -458,10 +495,16 @@ async fn status(controller: Option<String>, dir: &Path) -> Result<()> {
             continue;
         };
         if let Ok(r) = client.send(DescribeClusterRequest::default()).await {
-            println!("\nBrokers (cluster {}, active controller {}):", r.cluster_id, r.controller_id.0);
+            println!(
+                "\nBrokers (cluster {}, active controller {}):",
+                r.cluster_id, r.controller_id.0
+            );
             let mut table = Table::new(&["BROKER", "ADDRESS"]);
             for b in &r.brokers {
-                table.row(vec![b.broker_id.0.to_string(), format!("{}:{}", b.host, b.port)]);
+                table.row(vec![
+                    b.broker_id.0.to_string(),
+                    format!("{}:{}", b.host, b.port),
+                ]);
             }
             print!("{}", table.render());
             return Ok(());

@@ -21,8 +21,7 @@ use clap::Args;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    describe_quorum_request, CreateTopicsRequest, DescribeQuorumRequest, MetadataRequest,
-    TopicName,
+    describe_quorum_request, CreateTopicsRequest, DescribeQuorumRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
@@ -78,9 +77,16 @@ impl ProducerContext for AckContext {
 
 pub async fn run(args: FailoverArgs) -> Result<()> {
     let temp = tempfile::tempdir()?;
-    let dir = args.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let overrides = vec![format!("broker.session.timeout.ms={}", args.session_timeout_ms)];
-    let mut cluster = LocalCluster::start(args.controllers, args.brokers, &dir, args.port, &overrides)?;
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    let overrides = vec![format!(
+        "broker.session.timeout.ms={}",
+        args.session_timeout_ms
+    )];
+    let mut cluster =
+        LocalCluster::start(args.controllers, args.brokers, &dir, args.port, &overrides)?;
     cluster.wait_serving(Duration::from_secs(120)).await?;
     let bootstrap = cluster.bootstrap();
     let first_broker = bootstrap.split(',').next().unwrap_or_default().to_string();
@@ -125,7 +131,12 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
     let mut broker_gaps = Vec::new();
     let mut controller_gaps = Vec::new();
     for run in 1..=args.runs {
-        wait_for_full_isr(&first_broker, args.brokers.min(3) as usize, Duration::from_secs(120)).await?;
+        wait_for_full_isr(
+            &first_broker,
+            args.brokers.min(3) as usize,
+            Duration::from_secs(120),
+        )
+        .await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         // A leader broker.
@@ -135,7 +146,9 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
         let gap = wait_for_ack_sent_after(&producer, killed_at, Duration::from_secs(120)).await?;
         broker_gaps.push(gap);
         cluster.restart(leader as u16)?;
-        cluster.wait_serving_node(leader as u16, Duration::from_secs(120)).await?;
+        cluster
+            .wait_serving_node(leader as u16, Duration::from_secs(120))
+            .await?;
 
         // The active controller.
         let controller = active_controller(&cluster).await?;
@@ -151,7 +164,9 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
         let controller_gap = killed.elapsed();
         controller_gaps.push(controller_gap);
         cluster.restart(controller)?;
-        cluster.wait_serving_node(controller, Duration::from_secs(120)).await?;
+        cluster
+            .wait_serving_node(controller, Duration::from_secs(120))
+            .await?;
         println!(
             "run {run}: broker {leader} killed -> produce resumed after {:.0} ms; controller {controller} killed -> topic created after {:.0} ms",
             gap.as_secs_f64() * 1000.0,
@@ -194,7 +209,11 @@ async fn create_topic(bootstrap: &str, topic: &str, rf: i16) -> Result<()> {
         .await?;
     for t in response.topics {
         if t.error_code != 0 {
-            bail!("creating {topic}: error {} {:?}", t.error_code, t.error_message);
+            bail!(
+                "creating {topic}: error {} {:?}",
+                t.error_code,
+                t.error_message
+            );
         }
     }
     Ok(())
@@ -205,9 +224,9 @@ async fn metadata(bootstrap: &str) -> Result<Option<(i32, usize)>> {
         let Ok(mut client) = crate::client::connect(address).await else {
             continue;
         };
-        let request = MetadataRequest::default().with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_static_str(TOPIC)))),
-        ]));
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str(TOPIC))))]));
         let Ok(response) = client.send(request).await else {
             continue;
         };

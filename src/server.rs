@@ -17,7 +17,9 @@ use sluice_broker::lifecycle::BrokerLifecycle;
 use sluice_broker::{server, Broker, BrokerConfig, ReplicaManager};
 use sluice_controller::quorum::serve_peer_stream;
 use sluice_controller::{Controller, ControllerConfig, TopicDefaults};
-use sluice_metadata::controller_api::{BrokerRegistrationRequest, ControllerApi, MetadataLogSource};
+use sluice_metadata::controller_api::{
+    BrokerRegistrationRequest, ControllerApi, MetadataLogSource,
+};
 use sluice_metadata::{Endpoint, Publisher, Uuid};
 use sluice_storage::LogConfig;
 use tokio::net::TcpListener;
@@ -70,7 +72,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     let voters = parse_voters(settings.get("controller.quorum.voters"))?;
     let standalone = voters.is_empty();
     if standalone && !(roles.broker && roles.controller) {
-        bail!("a node with process.roles={} needs controller.quorum.voters", settings.get("process.roles"));
+        bail!(
+            "a node with process.roles={} needs controller.quorum.voters",
+            settings.get("process.roles")
+        );
     }
     if roles.controller && !standalone && !voters.iter().any(|v| v.id == node_id) {
         bail!("node {node_id} runs a controller but is not in controller.quorum.voters");
@@ -112,7 +117,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     // follower publishes each image to them.
     let replicas = if roles.broker {
         let log_defaults = log_config(&settings)?;
-        Some(Arc::new(ReplicaManager::new(node_id, log_dir.clone(), log_defaults)?))
+        Some(Arc::new(ReplicaManager::new(
+            node_id,
+            log_dir.clone(),
+            log_defaults,
+        )?))
     } else {
         None
     };
@@ -131,12 +140,19 @@ pub async fn run(settings: Settings) -> Result<()> {
         if let Some(listener) = &controller_listener {
             let socket = TcpListener::bind(bind_address(listener)?)
                 .await
-                .with_context(|| format!("binding the controller listener on {}:{}", listener.host, listener.port))?;
-            let voter_endpoints = voters.iter().map(|v| (v.id, v.host.clone(), v.port)).collect();
+                .with_context(|| {
+                    format!(
+                        "binding the controller listener on {}:{}",
+                        listener.host, listener.port
+                    )
+                })?;
+            let voter_endpoints = voters
+                .iter()
+                .map(|v| (v.id, v.host.clone(), v.port))
+                .collect();
             let quorum = controller.quorum().clone();
-            let raft_streams: StreamAcceptor = Arc::new(move |reader, _peer| {
-                Box::pin(serve_peer_stream(reader, quorum.clone()))
-            });
+            let raft_streams: StreamAcceptor =
+                Arc::new(move |reader, _peer| Box::pin(serve_peer_stream(reader, quorum.clone())));
             let mut service = ControllerService::new(
                 node_id,
                 cluster_id.clone(),
@@ -146,7 +162,11 @@ pub async fn run(settings: Settings) -> Result<()> {
                 voter_endpoints,
             );
             service.max_request_bytes = settings.parse("socket.request.max.bytes")?;
-            tasks.push(tokio::spawn(server::run(socket, Arc::new(service), stop_rx.clone())));
+            tasks.push(tokio::spawn(server::run(
+                socket,
+                Arc::new(service),
+                stop_rx.clone(),
+            )));
         } else if !standalone {
             bail!("node {node_id} runs a controller in a quorum but has no controller listener (listeners with a name in controller.listener.names)");
         }
@@ -157,7 +177,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
 
     if let Some(controller) = &controller {
-        let limit = if standalone { Duration::from_secs(30) } else { Duration::from_secs(600) };
+        let limit = if standalone {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_secs(600)
+        };
         controller.wait_ready(limit).await?;
     }
 
@@ -184,7 +208,11 @@ pub async fn run(settings: Settings) -> Result<()> {
             .await
             .with_context(|| format!("binding the Kafka listener on {bind}"))?;
         let bound = socket.local_addr()?;
-        let advertised_port = if advertised.port == 0 { bound.port() } else { advertised.port };
+        let advertised_port = if advertised.port == 0 {
+            bound.port()
+        } else {
+            advertised.port
+        };
         broker_config.advertised_port = advertised_port;
 
         let (controller_api, image): (Arc<dyn ControllerApi>, _) = match (&controller, standalone) {
@@ -314,6 +342,8 @@ fn controller_config(
     );
     config.voters = voters.iter().map(|v| (v.id, v.address())).collect();
     config.snapshot_every_entries = settings.parse("metadata.snapshot.max.records")?;
+    config.snapshot_interval =
+        Duration::from_millis(settings.parse("metadata.log.max.snapshot.interval.ms")?);
     config.broker_session_timeout =
         Duration::from_millis(settings.parse("broker.session.timeout.ms")?);
     config.unclean_leader_election = settings.parse("unclean.leader.election.enable")?;
@@ -345,8 +375,7 @@ fn broker_config(
         Duration::from_millis(settings.parse("log.retention.check.interval.ms")?);
     config.checkpoint_interval =
         Duration::from_millis(settings.parse("replica.high.watermark.checkpoint.interval.ms")?);
-    config.replica_lag_time_max =
-        Duration::from_millis(settings.parse("replica.lag.time.max.ms")?);
+    config.replica_lag_time_max = Duration::from_millis(settings.parse("replica.lag.time.max.ms")?);
     config.replica_fetch_wait_max =
         Duration::from_millis(settings.parse("replica.fetch.wait.max.ms")?);
     config.replica_fetch_min_bytes = settings.parse("replica.fetch.min.bytes")?;
@@ -364,7 +393,12 @@ fn broker_config(
         "log.retention.hours",
     ]
     .iter()
-    .any(|k| config.settings.get(*k).is_some_and(|(_, explicit)| *explicit));
+    .any(|k| {
+        config
+            .settings
+            .get(*k)
+            .is_some_and(|(_, explicit)| *explicit)
+    });
     config.settings.insert(
         "log.retention.ms".into(),
         (log_defaults.retention_ms.to_string(), retention_set),
@@ -395,8 +429,8 @@ fn load_or_create_identity(
                 stored_node
             );
         }
-        let stored = get("cluster.id")
-            .with_context(|| format!("{} has no cluster.id", path.display()))?;
+        let stored =
+            get("cluster.id").with_context(|| format!("{} has no cluster.id", path.display()))?;
         if let Some(wanted) = wanted_cluster_id.filter(|w| *w != stored) {
             bail!(
                 "{} belongs to cluster {stored}, but controller.quorum.voters describes cluster {wanted}",

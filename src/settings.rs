@@ -35,6 +35,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("max.connections", "10000"),
     ("replica.high.watermark.checkpoint.interval.ms", "5000"),
     ("metadata.snapshot.max.records", "20000"),
+    ("metadata.log.max.snapshot.interval.ms", "3600000"),
     ("controller.quorum.voters", ""),
     ("controller.listener.names", "CONTROLLER"),
     ("broker.session.timeout.ms", "9000"),
@@ -232,9 +233,16 @@ pub fn parse_voters(text: &str) -> Result<Vec<Voter>> {
                 .rsplit_once(':')
                 .with_context(|| format!("voter {v:?} has no port"))?;
             Ok(Voter {
-                id: id.parse().with_context(|| format!("voter {v:?} has a bad id"))?,
-                host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
-                port: port.parse().with_context(|| format!("voter {v:?} has a bad port"))?,
+                id: id
+                    .parse()
+                    .with_context(|| format!("voter {v:?} has a bad id"))?,
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                port: port
+                    .parse()
+                    .with_context(|| format!("voter {v:?} has a bad port"))?,
             })
         })
         .collect()
@@ -313,14 +321,22 @@ mod tests {
         assert_eq!((l.host.as_str(), l.port), ("127.0.0.1", 9092));
         assert_eq!(parse_listener("PLAINTEXT://:0").unwrap().host, "0.0.0.0");
         assert!(parse_listener("127.0.0.1:9092").is_err());
-        let all = parse_listeners("PLAINTEXT://127.0.0.1:9092, CONTROLLER://127.0.0.1:9093").unwrap();
+        let all =
+            parse_listeners("PLAINTEXT://127.0.0.1:9092, CONTROLLER://127.0.0.1:9093").unwrap();
         assert_eq!(all[1].name, "CONTROLLER");
     }
 
     #[test]
     fn voters() {
         let v = parse_voters("1@127.0.0.1:9093,2@localhost:9094").unwrap();
-        assert_eq!(v[1], Voter { id: 2, host: "localhost".into(), port: 9094 });
+        assert_eq!(
+            v[1],
+            Voter {
+                id: 2,
+                host: "localhost".into(),
+                port: 9094
+            }
+        );
         assert!(parse_voters("1@127.0.0.1").is_err());
         assert!(parse_voters("x@127.0.0.1:1").is_err());
         assert!(parse_voters("").unwrap().is_empty());

@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 use common::acked::{verify, wait_until, AckedWriter};
 use common::cluster::Cluster;
-use kafka_protocol::messages::{describe_quorum_request, DescribeQuorumRequest};
+use kafka_protocol::messages::{
+    describe_quorum_request, fetch_request, BrokerId, DescribeQuorumRequest, FetchRequest,
+    TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -75,7 +79,11 @@ async fn wait_for_quorum(cluster: &mut Cluster, limit: Duration) -> QuorumView {
         if let Some(q) = describe_quorum(cluster).await {
             return q;
         }
-        assert!(Instant::now() < deadline, "no quorum leader:\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no quorum leader:\n{}",
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -115,24 +123,59 @@ fn partitions(bootstrap: &str, topic: &str) -> Vec<(i32, i32, usize)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn active_controller_failover_keeps_metadata() {
     let mut cluster = Cluster::start(3, 3, FAST);
-    created(&mut cluster, &["create", "before", "--partitions", "3", "--replication-factor", "3"]);
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "before",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+    );
     let first = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
     cluster.controller(first.leader).kill9();
 
     // A new controller takes over and metadata changes go on.
     let started = Instant::now();
-    created(&mut cluster, &["create", "after", "--partitions", "3", "--replication-factor", "3"]);
-    eprintln!("topic created {:?} after killing the active controller", started.elapsed());
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "after",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+    );
+    eprintln!(
+        "topic created {:?} after killing the active controller",
+        started.elapsed()
+    );
     let second = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
     assert_ne!(second.leader, first.leader);
     assert!(second.epoch > first.epoch);
 
     // Enough changes while it is down that the others snapshot and compact.
     for i in 0..30 {
-        created(&mut cluster, &["create", &format!("while-down-{i}"), "--partitions", "1", "--replication-factor", "1"]);
+        created(
+            &mut cluster,
+            &[
+                "create",
+                &format!("while-down-{i}"),
+                "--partitions",
+                "1",
+                "--replication-factor",
+                "1",
+            ],
+        );
     }
     cluster.controller(first.leader).restart();
-    cluster.controller(first.leader).wait_serving(Duration::from_secs(60));
+    cluster
+        .controller(first.leader)
+        .wait_serving(Duration::from_secs(60));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let q = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
@@ -143,21 +186,44 @@ async fn active_controller_failover_keeps_metadata() {
         if caught_up {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted controller did not catch up:\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "restarted controller did not catch up:\n{}",
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        cluster.controller(first.leader).log().contains("installing a snapshot")
-            || cluster.controller(first.leader).log().contains("loaded metadata snapshot"),
+        cluster
+            .controller(first.leader)
+            .log()
+            .contains("installing a snapshot")
+            || cluster
+                .controller(first.leader)
+                .log()
+                .contains("loaded metadata snapshot"),
         "the restarted controller should have caught up from a snapshot"
     );
 
     // Now the second leader goes too: the restarted one serves the full state.
     cluster.controller(second.leader).kill9();
-    created(&mut cluster, &["create", "last", "--partitions", "1", "--replication-factor", "3"]);
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "last",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+    );
     let topics = topic_list(&mut cluster);
     for name in ["before", "after", "while-down-0", "while-down-29", "last"] {
-        assert!(topics.lines().any(|l| l.trim() == name), "{name} missing from:\n{topics}");
+        assert!(
+            topics.lines().any(|l| l.trim() == name),
+            "{name} missing from:\n{topics}"
+        );
     }
 }
 
@@ -166,7 +232,16 @@ async fn leader_broker_kill_9_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start(3, 3, FAST);
     created(
         &mut cluster,
-        &["create", "orders", "--partitions", "3", "--replication-factor", "3", "--config", "min.insync.replicas=2"],
+        &[
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+            "--config",
+            "min.insync.replicas=2",
+        ],
     );
     let bootstrap = cluster.bootstrap();
     let writer = AckedWriter::spawn(&bootstrap, "orders", 3);
@@ -180,9 +255,15 @@ async fn leader_broker_kill_9_loses_no_acknowledged_write() {
     cluster.broker(leader).kill9();
     let killed_at = Instant::now();
     writer.wait_for_more(2000, Duration::from_secs(60));
-    eprintln!("2000 more writes acknowledged {:?} after killing broker {leader}", killed_at.elapsed());
+    eprintln!(
+        "2000 more writes acknowledged {:?} after killing broker {leader}",
+        killed_at.elapsed()
+    );
     let now = partitions(&bootstrap, "orders");
-    assert!(now.iter().all(|p| p.1 != leader), "broker {leader} still leads: {now:?}");
+    assert!(
+        now.iter().all(|p| p.1 != leader),
+        "broker {leader} still leads: {now:?}"
+    );
 
     cluster.broker(leader).restart();
     cluster.broker(leader).wait_serving(Duration::from_secs(60));
@@ -200,7 +281,12 @@ async fn leader_broker_kill_9_loses_no_acknowledged_write() {
     // The restarted broker's own copy is whole: with the others gone it
     // leads every partition and serves every acknowledged write.
     let restarted = cluster.broker(leader).address();
-    let others: Vec<i32> = cluster.brokers.iter().map(|b| b.id).filter(|&id| id != leader).collect();
+    let others: Vec<i32> = cluster
+        .brokers
+        .iter()
+        .map(|b| b.id)
+        .filter(|&id| id != leader)
+        .collect();
     for id in others {
         cluster.broker(id).kill9();
     }
@@ -217,7 +303,17 @@ async fn leader_broker_kill_9_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_the_controller_majority_stops_metadata_changes_only() {
     let mut cluster = Cluster::start(3, 3, FAST);
-    created(&mut cluster, &["create", "steady", "--partitions", "3", "--replication-factor", "3"]);
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "steady",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+    );
     let q = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
     let down: Vec<i32> = cluster
         .controllers
@@ -230,10 +326,23 @@ async fn losing_the_controller_majority_stops_metadata_changes_only() {
     }
 
     // Metadata changes fail with an error rather than hanging.
-    let out = cluster.cli(&["create", "refused", "--partitions", "1", "--replication-factor", "1"]);
-    assert!(!out.status.success(), "topic creation without a controller majority succeeded");
+    let out = cluster.cli(&[
+        "create",
+        "refused",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "1",
+    ]);
+    assert!(
+        !out.status.success(),
+        "topic creation without a controller majority succeeded"
+    );
     let text = String::from_utf8_lossy(&out.stderr).to_lowercase();
-    assert!(text.contains("controller") || text.contains("timed out"), "unclear error: {text}");
+    assert!(
+        text.contains("controller") || text.contains("timed out"),
+        "unclear error: {text}"
+    );
 
     // Existing leaders keep serving acks=1 produce and fetch.
     let bootstrap = cluster.bootstrap();
@@ -246,7 +355,12 @@ async fn losing_the_controller_majority_stops_metadata_changes_only() {
     for i in 0..30 {
         let payload = format!("m{i}");
         producer
-            .send(FutureRecord::<(), _>::to("steady").partition(i % 3).payload(&payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::<(), _>::to("steady")
+                    .partition(i % 3)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
             .await
             .expect("acks=1 produce without a controller majority");
     }
@@ -257,7 +371,8 @@ async fn losing_the_controller_majority_stops_metadata_changes_only() {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..3 {
-        tpl.add_partition_offset("steady", p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset("steady", p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut seen = 0;
@@ -274,7 +389,17 @@ async fn losing_the_controller_majority_stops_metadata_changes_only() {
     for &id in &down {
         cluster.controller(id).restart();
     }
-    created(&mut cluster, &["create", "recovered", "--partitions", "1", "--replication-factor", "3"]);
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "recovered",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -319,9 +444,58 @@ async fn malformed_raft_streams_are_dropped_without_harm() {
     let mut buf = [0u8; 16];
     assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
 
+    // Replication requests from the wrong replica or with a stale leader
+    // epoch are refused with the error a follower acts on.
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "epochs",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "1",
+        ],
+    );
+    let mut client = KafkaClient::connect(&broker, "test").await.unwrap();
+    for (replica, epoch) in [(7, -1), (7, -5), (7, 99)] {
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(replica))
+            .with_max_wait_ms(0)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("epochs")))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(0)
+                    .with_current_leader_epoch(epoch)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1024)])]);
+        let response = client.send_version(request, 12).await.unwrap();
+        let code = response.responses[0].partitions[0].error_code;
+        assert!(
+            [
+                ResponseError::NotLeaderOrFollower.code(),
+                ResponseError::UnknownLeaderEpoch.code(),
+                ResponseError::FencedLeaderEpoch.code()
+            ]
+            .contains(&code),
+            "replica {replica} at epoch {epoch}: error code {code}"
+        );
+    }
+
     // The quorum is unharmed and still takes changes.
     assert!(cluster.controllers.iter_mut().all(|c| c.is_running()));
-    created(&mut cluster, &["create", "after-garbage", "--partitions", "1", "--replication-factor", "1"]);
+    assert!(cluster.brokers.iter_mut().all(|b| b.is_running()));
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "after-garbage",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "1",
+        ],
+    );
     let q = wait_for_quorum(&mut cluster, Duration::from_secs(10)).await;
     assert!(q.voters.len() == 3);
 }

@@ -32,7 +32,12 @@ fn view(address: &str) -> Option<(i32, usize)> {
     let metadata = consumer
         .fetch_metadata(Some("split"), Duration::from_secs(5))
         .ok()?;
-    let p = metadata.topics().first()?.partitions().iter().find(|p| p.id() == 0)?;
+    let p = metadata
+        .topics()
+        .first()?
+        .partitions()
+        .iter()
+        .find(|p| p.id() == 0)?;
     Some((p.leader(), p.isr().len()))
 }
 
@@ -53,9 +58,20 @@ async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
     let network = Network::new(6).expect("network namespaces");
     let mut cluster = Cluster::start_on(Some(&network), 3, 3, FAST);
     let out = cluster.cli(&[
-        "create", "split", "--partitions", "1", "--replication-factor", "3", "--config", "min.insync.replicas=2",
+        "create",
+        "split",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "3",
+        "--config",
+        "min.insync.replicas=2",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bootstrap = cluster.bootstrap();
     let writer = AckedWriter::spawn(&bootstrap, "split", 1);
     writer.wait_for_more(1000, Duration::from_secs(60));
@@ -70,9 +86,22 @@ async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
     // cannot be acknowledged: its followers are out of reach.
     let isolated: Vec<String> = (0..20).map(|i| (ISOLATED_BASE + i).to_string()).collect();
     let kcat = Command::new("ip")
-        .args(["netns", "exec", &network.namespace(leader_host), "kcat", "-P"])
+        .args([
+            "netns",
+            "exec",
+            &network.namespace(leader_host),
+            "kcat",
+            "-P",
+        ])
         .args(["-b", &leader_address, "-t", "split", "-p", "0"])
-        .args(["-X", "acks=all", "-X", "message.timeout.ms=6000", "-X", "topic.metadata.refresh.interval.ms=600000"])
+        .args([
+            "-X",
+            "acks=all",
+            "-X",
+            "message.timeout.ms=6000",
+            "-X",
+            "topic.metadata.refresh.interval.ms=600000",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -88,7 +117,9 @@ async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
     let kcat = kcat.wait_with_output().expect("kcat output");
     let kcat_err = String::from_utf8_lossy(&kcat.stderr).to_string();
     assert!(
-        kcat_err.contains("Delivery failed") || kcat_err.contains("timed out") || !kcat.status.success(),
+        kcat_err.contains("Delivery failed")
+            || kcat_err.contains("timed out")
+            || !kcat.status.success(),
         "writes to the isolated leader were acknowledged: {kcat_err}"
     );
 
@@ -100,7 +131,11 @@ async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
         .map(|b| b.address())
         .collect();
     wait_until(
-        || others.iter().all(|a| view(a).is_some_and(|(l, _)| l >= 0 && l != leader)),
+        || {
+            others
+                .iter()
+                .all(|a| view(a).is_some_and(|(l, _)| l >= 0 && l != leader))
+        },
         Duration::from_secs(30),
     );
     eprintln!("new leader elected {:?} after the cut", cut_at.elapsed());
@@ -113,8 +148,12 @@ async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
     wait_until(
         || {
             let views: Vec<Option<(i32, usize)>> = all.iter().map(|a| view(a)).collect();
-            views.iter().all(|v| v.is_some_and(|(l, isr)| l >= 0 && isr == 3))
-                && views.windows(2).all(|w| w[0].map(|v| v.0) == w[1].map(|v| v.0))
+            views
+                .iter()
+                .all(|v| v.is_some_and(|(l, isr)| l >= 0 && isr == 3))
+                && views
+                    .windows(2)
+                    .all(|w| w[0].map(|v| v.0) == w[1].map(|v| v.0))
         },
         Duration::from_secs(90),
     );
@@ -123,7 +162,12 @@ async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
     let logs = verify(&bootstrap, "split", &acked);
     // The old leader's own copy: with the other brokers gone it leads again
     // and serves everything that was acknowledged, and nothing else.
-    let others: Vec<i32> = cluster.brokers.iter().map(|b| b.id).filter(|&id| id != leader).collect();
+    let others: Vec<i32> = cluster
+        .brokers
+        .iter()
+        .map(|b| b.id)
+        .filter(|&id| id != leader)
+        .collect();
     for id in others {
         cluster.broker(id).kill9();
     }

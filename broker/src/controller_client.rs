@@ -156,9 +156,8 @@ impl RemoteController {
                     Err(e @ ClientError::Timeout(_)) => {
                         // The request may still take effect; do not resend it.
                         self.set_leader(None);
-                        return Err(ControllerError::Timeout).inspect_err(|_| {
-                            debug!(error = %e, "controller request timed out")
-                        });
+                        return Err(ControllerError::Timeout)
+                            .inspect_err(|_| debug!(error = %e, "controller request timed out"));
                     }
                     Err(e) => {
                         self.set_leader(None);
@@ -267,14 +266,11 @@ impl ControllerApi for RemoteController {
                     topics
                         .iter()
                         .map(|t| match t {
-                            TopicRef::Name(n) => {
-                                delete_topics_request::DeleteTopicState::default().with_name(Some(name(n)))
-                            }
-                            TopicRef::Id(id) => {
-                                delete_topics_request::DeleteTopicState::default()
-                                    .with_name(None)
-                                    .with_topic_id(*id)
-                            }
+                            TopicRef::Name(n) => delete_topics_request::DeleteTopicState::default()
+                                .with_name(Some(name(n))),
+                            TopicRef::Id(id) => delete_topics_request::DeleteTopicState::default()
+                                .with_name(None)
+                                .with_topic_id(*id),
                         })
                         .collect(),
                 );
@@ -294,7 +290,10 @@ impl ControllerApi for RemoteController {
                     if let Some(e) = error_of(r.error_code, r.error_message.as_ref()) {
                         return Err(e);
                     }
-                    Ok((r.name.map(|n| n.0.to_string()).unwrap_or_default(), r.topic_id))
+                    Ok((
+                        r.name.map(|n| n.0.to_string()).unwrap_or_default(),
+                        r.topic_id,
+                    ))
                 })
                 .collect()
         })
@@ -366,7 +365,9 @@ impl ControllerApi for RemoteController {
                 .map(|(resource, entries)| {
                     let (kind, resource_name) = match resource {
                         ConfigResource::Topic(t) => (2, t.clone()),
-                        ConfigResource::Broker(id) => (4, id.map(|i| i.to_string()).unwrap_or_default()),
+                        ConfigResource::Broker(id) => {
+                            (4, id.map(|i| i.to_string()).unwrap_or_default())
+                        }
                     };
                     incremental_alter_configs_request::AlterConfigsResource::default()
                         .with_resource_type(kind)
@@ -377,7 +378,11 @@ impl ControllerApi for RemoteController {
                                 .map(|c| {
                                     incremental_alter_configs_request::AlterableConfig::default()
                                         .with_name(StrBytes::from_string(c.name.clone()))
-                                        .with_config_operation(if c.value.is_some() { SET } else { DELETE })
+                                        .with_config_operation(if c.value.is_some() {
+                                            SET
+                                        } else {
+                                            DELETE
+                                        })
                                         .with_value(c.value.clone().map(StrBytes::from_string))
                                 })
                                 .collect(),
@@ -528,7 +533,9 @@ impl ControllerApi for RemoteController {
                         .filter(|t| t.topic_id == c.topic_id)
                         .flat_map(|t| t.partitions.iter())
                         .find(|p| p.partition_index == c.partition)
-                        .ok_or_else(|| ControllerError::Internal("no answer for partition".into()))?;
+                        .ok_or_else(|| {
+                            ControllerError::Internal("no answer for partition".into())
+                        })?;
                     if let Some(e) = error_of(p.error_code, None) {
                         return Err(e);
                     }
@@ -625,7 +632,11 @@ async fn follow_from(
             let data = fetch_snapshot(&mut client, end_offset).await?;
             let offset = (end_offset - 1) as u64;
             match loader.load_snapshot(offset, &data) {
-                Ok(()) => info!(offset, bytes = data.len(), "loaded metadata snapshot from the controller"),
+                Ok(()) => info!(
+                    offset,
+                    bytes = data.len(),
+                    "loaded metadata snapshot from the controller"
+                ),
                 Err(e) => return Err(FollowError::Records(e.to_string())),
             }
             image_tx.send_replace(loader.image().clone());
@@ -670,14 +681,16 @@ async fn fetch_snapshot(client: &mut KafkaClient, end_offset: i64) -> Result<Byt
             .with_max_bytes(8 * 1024 * 1024)
             .with_topics(vec![fetch_snapshot_request::TopicSnapshot::default()
                 .with_name(name(METADATA_TOPIC))
-                .with_partitions(vec![fetch_snapshot_request::PartitionSnapshot::default()
-                    .with_partition(0)
-                    .with_snapshot_id(
-                        fetch_snapshot_request::SnapshotId::default()
-                            .with_end_offset(end_offset)
-                            .with_epoch(0),
-                    )
-                    .with_position(data.len() as i64)])]);
+                .with_partitions(vec![
+                    fetch_snapshot_request::PartitionSnapshot::default()
+                        .with_partition(0)
+                        .with_snapshot_id(
+                            fetch_snapshot_request::SnapshotId::default()
+                                .with_end_offset(end_offset)
+                                .with_epoch(0),
+                        )
+                        .with_position(data.len() as i64),
+                ])]);
         let response = client.send_version(request, 0).await?;
         let p = response
             .topics

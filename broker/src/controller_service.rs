@@ -27,7 +27,8 @@ use kafka_protocol::messages::{
     AlterPartitionResponse, ApiKey, ApiVersionsRequest, ApiVersionsResponse,
     BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId, BrokerRegistrationRequest,
     BrokerRegistrationResponse, DescribeQuorumRequest, DescribeQuorumResponse, FetchRequest,
-    FetchResponse, FetchSnapshotRequest, FetchSnapshotResponse, RequestHeader, RequestKind, ResponseKind,
+    FetchResponse, FetchSnapshotRequest, FetchSnapshotResponse, RequestHeader, RequestKind,
+    ResponseKind,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::{
@@ -48,7 +49,8 @@ use crate::server::Service;
 pub const METADATA_TOPIC: &str = "__cluster_metadata";
 
 /// Takes over a Raft stream from another controller.
-pub type StreamAcceptor = Arc<dyn Fn(OwnedReadHalf, SocketAddr) -> BoxFuture<'static, ()> + Send + Sync>;
+pub type StreamAcceptor =
+    Arc<dyn Fn(OwnedReadHalf, SocketAddr) -> BoxFuture<'static, ()> + Send + Sync>;
 
 pub struct ControllerService {
     pub node_id: i32,
@@ -118,7 +120,12 @@ impl ControllerService {
         }
     }
 
-    async fn handle(&self, api_key: ApiKey, version: i16, mut body: Bytes) -> anyhow::Result<ResponseKind> {
+    async fn handle(
+        &self,
+        api_key: ApiKey,
+        version: i16,
+        mut body: Bytes,
+    ) -> anyhow::Result<ResponseKind> {
         let request = RequestKind::decode(api_key, &mut body, version)?;
         Ok(match request {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(
@@ -127,8 +134,12 @@ impl ControllerService {
             RequestKind::BrokerRegistration(r) => {
                 ResponseKind::BrokerRegistration(self.register(r).await)
             }
-            RequestKind::BrokerHeartbeat(r) => ResponseKind::BrokerHeartbeat(self.heartbeat(r).await),
-            RequestKind::AlterPartition(r) => ResponseKind::AlterPartition(self.alter_partition(r).await),
+            RequestKind::BrokerHeartbeat(r) => {
+                ResponseKind::BrokerHeartbeat(self.heartbeat(r).await)
+            }
+            RequestKind::AlterPartition(r) => {
+                ResponseKind::AlterPartition(self.alter_partition(r).await)
+            }
             RequestKind::AllocateProducerIds(r) => {
                 ResponseKind::AllocateProducerIds(self.allocate_producer_ids(r).await)
             }
@@ -205,7 +216,10 @@ impl ControllerService {
                 let new_isr = if p.new_isr_with_epochs.is_empty() {
                     p.new_isr.iter().map(|b| b.0).collect()
                 } else {
-                    p.new_isr_with_epochs.iter().map(|b| b.broker_id.0).collect()
+                    p.new_isr_with_epochs
+                        .iter()
+                        .map(|b| b.broker_id.0)
+                        .collect()
                 };
                 changes.push(IsrChange {
                     topic_id: t.topic_id,
@@ -220,8 +234,9 @@ impl ControllerService {
             .controller
             .alter_partition(r.broker_id.0, r.broker_epoch, changes.clone())
             .await;
-        if let Some(Err(e @ (ControllerError::NotController(_) | ControllerError::StaleBrokerEpoch { .. }))) =
-            results.first()
+        if let Some(Err(
+            e @ (ControllerError::NotController(_) | ControllerError::StaleBrokerEpoch { .. }),
+        )) = results.first()
         {
             return AlterPartitionResponse::default().with_error_code(controller_error(e).code());
         }
@@ -250,7 +265,10 @@ impl ControllerService {
         AlterPartitionResponse::default().with_topics(topics)
     }
 
-    async fn allocate_producer_ids(&self, r: AllocateProducerIdsRequest) -> AllocateProducerIdsResponse {
+    async fn allocate_producer_ids(
+        &self,
+        r: AllocateProducerIdsRequest,
+    ) -> AllocateProducerIdsResponse {
         const BLOCK: i32 = 1000;
         match self
             .controller
@@ -260,8 +278,9 @@ impl ControllerService {
             Ok(first) => AllocateProducerIdsResponse::default()
                 .with_producer_id_start(first.into())
                 .with_producer_id_len(BLOCK),
-            Err(e) => AllocateProducerIdsResponse::default()
-                .with_error_code(controller_error(&e).code()),
+            Err(e) => {
+                AllocateProducerIdsResponse::default().with_error_code(controller_error(&e).code())
+            }
         }
     }
 
@@ -350,16 +369,23 @@ impl ControllerService {
                     );
             }
         }
-        FetchResponse::default().with_responses(vec![fetch_response::FetchableTopicResponse::default()
-            .with_topic(StrBytes::from_static_str(METADATA_TOPIC).into())
-            .with_partitions(vec![data])])
+        FetchResponse::default().with_responses(vec![
+            fetch_response::FetchableTopicResponse::default()
+                .with_topic(StrBytes::from_static_str(METADATA_TOPIC).into())
+                .with_partitions(vec![data]),
+        ])
     }
 
     fn fetch_snapshot(&self, r: FetchSnapshotRequest) -> FetchSnapshotResponse {
         let Some(p) = r.topics.first().and_then(|t| t.partitions.first()) else {
-            return FetchSnapshotResponse::default().with_error_code(ResponseError::InvalidRequest.code());
+            return FetchSnapshotResponse::default()
+                .with_error_code(ResponseError::InvalidRequest.code());
         };
-        let cached = self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cached = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut partition = fetch_snapshot_response::PartitionSnapshot::default()
             .with_index(0)
             .with_snapshot_id(
@@ -379,9 +405,7 @@ impl ControllerService {
             Some(_) => {
                 partition = partition.with_error_code(ResponseError::PositionOutOfRange.code())
             }
-            None => {
-                partition = partition.with_error_code(ResponseError::SnapshotNotFound.code())
-            }
+            None => partition = partition.with_error_code(ResponseError::SnapshotNotFound.code()),
         }
         FetchSnapshotResponse::default().with_topics(vec![
             fetch_snapshot_response::TopicSnapshot::default()
@@ -461,7 +485,11 @@ impl Service for ControllerService {
         })
     }
 
-    fn accept_stream(&self, reader: OwnedReadHalf, peer: SocketAddr) -> Option<BoxFuture<'static, ()>> {
+    fn accept_stream(
+        &self,
+        reader: OwnedReadHalf,
+        peer: SocketAddr,
+    ) -> Option<BoxFuture<'static, ()>> {
         Some((self.raft_streams)(reader, peer))
     }
 }

@@ -71,9 +71,17 @@ impl BrokerLifecycle {
     async fn register(&self, limit: Duration) -> Result<i64, ControllerError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            match self.controller.register_broker(self.registration.clone()).await {
+            match self
+                .controller
+                .register_broker(self.registration.clone())
+                .await
+            {
                 Ok(epoch) => {
-                    info!(broker_id = self.broker_id(), broker_epoch = epoch, "broker registered");
+                    info!(
+                        broker_id = self.broker_id(),
+                        broker_epoch = epoch,
+                        "broker registered"
+                    );
                     self.replicas.set_broker_epoch(epoch);
                     self.epoch.send_replace(epoch);
                     return Ok(epoch);
@@ -93,8 +101,14 @@ impl BrokerLifecycle {
         let deadline = tokio::time::Instant::now() + limit;
         self.register(limit).await?;
         loop {
-            match self.controller.broker_heartbeat(self.heartbeat_request(false)).await {
-                Ok(HeartbeatReply { is_fenced: false, .. }) => {
+            match self
+                .controller
+                .broker_heartbeat(self.heartbeat_request(false))
+                .await
+            {
+                Ok(HeartbeatReply {
+                    is_fenced: false, ..
+                }) => {
                     // Serve only once this broker's own image has the
                     // unfencing and the leaderships that came with it.
                     let id = self.broker_id();
@@ -117,7 +131,8 @@ impl BrokerLifecycle {
                 }
                 Ok(_) => {}
                 Err(ControllerError::StaleBrokerEpoch { .. }) => {
-                    self.register(deadline - tokio::time::Instant::now()).await?;
+                    self.register(deadline - tokio::time::Instant::now())
+                        .await?;
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(e) => debug!(error = %e, "heartbeat failed while starting"),
@@ -143,8 +158,14 @@ impl BrokerLifecycle {
                 if this.shutting_down.load(Ordering::Relaxed) {
                     return;
                 }
-                match this.controller.broker_heartbeat(this.heartbeat_request(false)).await {
-                    Ok(HeartbeatReply { is_fenced: true, .. }) => {
+                match this
+                    .controller
+                    .broker_heartbeat(this.heartbeat_request(false))
+                    .await
+                {
+                    Ok(HeartbeatReply {
+                        is_fenced: true, ..
+                    }) => {
                         debug!("broker is fenced; heartbeating to be unfenced");
                     }
                     Ok(_) => {}
@@ -167,7 +188,11 @@ impl BrokerLifecycle {
         self.shutting_down.store(true, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
-            match self.controller.broker_heartbeat(self.heartbeat_request(true)).await {
+            match self
+                .controller
+                .broker_heartbeat(self.heartbeat_request(true))
+                .await
+            {
                 Ok(reply) if reply.should_shutdown => {
                     info!("controlled shutdown complete: leadership moved away");
                     return;

@@ -33,8 +33,11 @@ pub struct ControllerConfig {
     pub defaults: TopicDefaults,
     /// How long a change may wait for its records to commit.
     pub request_timeout: Duration,
-    /// Take a metadata snapshot after this many entries since the last one.
+    /// `metadata.snapshot.max.records`: snapshot after this many entries
+    /// since the last snapshot.
     pub snapshot_every_entries: u64,
+    /// `metadata.log.max.snapshot.interval.ms`: or after this long.
+    pub snapshot_interval: Duration,
     /// `broker.session.timeout.ms`: a broker silent this long is fenced.
     pub broker_session_timeout: Duration,
     /// `unclean.leader.election.enable`
@@ -55,6 +58,7 @@ impl ControllerConfig {
             defaults,
             request_timeout: Duration::from_secs(30),
             snapshot_every_entries: 20_000,
+            snapshot_interval: Duration::from_secs(3600),
             broker_session_timeout: Duration::from_secs(9),
             unclean_leader_election: false,
             auto_leader_rebalance: true,
@@ -167,6 +171,7 @@ impl Controller {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_every_entries: config.snapshot_every_entries,
+            snapshot_interval: config.snapshot_interval,
         };
         let (quorum, applied) = quorum::start(quorum_config, transport)?;
         let (image_tx, image) = watch::channel(MetadataImage::empty());
@@ -233,10 +238,13 @@ impl Controller {
             .await
             .map_err(quorum_error)?;
         let mut image = self.image.clone();
-        tokio::time::timeout(self.config.request_timeout, image.wait_for(|i| i.offset >= index))
-            .await
-            .map_err(|_| ControllerError::Timeout)?
-            .map_err(|_| ControllerError::Internal("metadata loader stopped".into()))?;
+        tokio::time::timeout(
+            self.config.request_timeout,
+            image.wait_for(|i| i.offset >= index),
+        )
+        .await
+        .map_err(|_| ControllerError::Timeout)?
+        .map_err(|_| ControllerError::Internal("metadata loader stopped".into()))?;
         *lock(&self.ready_term) = term;
         info!(term, offset = index, "active controller ready");
         Ok(())
@@ -404,8 +412,10 @@ impl Controller {
         if hb.want_shutdown {
             // Leaderships move (or lapse) in one commit; then the broker is
             // fenced so it gets no new ones, and may exit.
-            self.run(false, |image| lifecycle::controlled_shutdown(image, hb.broker_id))
-                .await?;
+            self.run(false, |image| {
+                lifecycle::controlled_shutdown(image, hb.broker_id)
+            })
+            .await?;
             let epoch = hb.broker_epoch;
             self.run(false, |image| {
                 lifecycle::fence_broker(image, hb.broker_id, epoch, unclean)

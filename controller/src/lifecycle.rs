@@ -312,9 +312,10 @@ fn plan_isr_change(
             "The new ISR must include the leader".into(),
         ));
     }
-    let added_ineligible = change.new_isr.iter().find(|&&r| {
-        !p.replicas.contains(&r) || (!p.isr.contains(&r) && !usable(image, r, None))
-    });
+    let added_ineligible = change
+        .new_isr
+        .iter()
+        .find(|&&r| !p.replicas.contains(&r) || (!p.isr.contains(&r) && !usable(image, r, None)));
     if let Some(r) = added_ineligible {
         return Err(ControllerError::IneligibleReplica(format!(
             "Replica {r} is not a live replica of the partition"
@@ -338,9 +339,7 @@ pub fn preferred_leader_elections(image: &MetadataImage) -> OpResult<usize> {
             let Some(&preferred) = p.replicas.first() else {
                 continue;
             };
-            if p.leader != preferred
-                && p.isr.contains(&preferred)
-                && usable(image, preferred, None)
+            if p.leader != preferred && p.isr.contains(&preferred) && usable(image, preferred, None)
             {
                 let mut next = p.clone();
                 next.leader = preferred;
@@ -390,7 +389,10 @@ mod tests {
     fn cluster() -> (Arc<MetadataImage>, Uuid) {
         let mut image = MetadataImage::empty();
         for id in 1..=3 {
-            image = apply(&image, &register_broker(&image, registration(id), false).records);
+            image = apply(
+                &image,
+                &register_broker(&image, registration(id), false).records,
+            );
             image = apply(&image, &unfence_broker(&image, id, false).records);
         }
         let defaults = TopicDefaults {
@@ -442,7 +444,9 @@ mod tests {
         assert_eq!((p1.leader, p1.leader_epoch), (2, 0));
         assert!(!p1.isr.contains(&1));
         // Stale epochs fence nothing.
-        assert!(fence_broker(&image, 2, epoch - 100, false).records.is_empty());
+        assert!(fence_broker(&image, 2, epoch - 100, false)
+            .records
+            .is_empty());
     }
 
     #[test]
@@ -522,13 +526,33 @@ mod tests {
             ],
         )
         .results;
-        assert!(matches!(results[0], Err(ControllerError::InvalidUpdateVersion(_))));
-        assert!(matches!(results[1], Err(ControllerError::FencedLeaderEpoch(_))));
-        assert!(matches!(results[2], Err(ControllerError::IneligibleReplica(_))));
+        assert!(matches!(
+            results[0],
+            Err(ControllerError::InvalidUpdateVersion(_))
+        ));
+        assert!(matches!(
+            results[1],
+            Err(ControllerError::FencedLeaderEpoch(_))
+        ));
+        assert!(matches!(
+            results[2],
+            Err(ControllerError::IneligibleReplica(_))
+        ));
         let stale = alter_partition(&image, 1, epoch - 1, vec![change(vec![1], 0, 1)]);
-        assert!(matches!(stale.results[0], Err(ControllerError::StaleBrokerEpoch { .. })));
-        let not_leader = alter_partition(&image, 2, image.brokers[&2].broker_epoch, vec![change(vec![2], 0, 1)]);
-        assert!(matches!(not_leader.results[0], Err(ControllerError::NotLeader(_))));
+        assert!(matches!(
+            stale.results[0],
+            Err(ControllerError::StaleBrokerEpoch { .. })
+        ));
+        let not_leader = alter_partition(
+            &image,
+            2,
+            image.brokers[&2].broker_epoch,
+            vec![change(vec![2], 0, 1)],
+        );
+        assert!(matches!(
+            not_leader.results[0],
+            Err(ControllerError::NotLeader(_))
+        ));
     }
 
     #[test]
@@ -536,7 +560,10 @@ mod tests {
         let (image, id) = cluster();
         let epoch = image.brokers[&1].broker_epoch;
         let image = apply(&image, &fence_broker(&image, 1, epoch, false).records);
-        let image = apply(&image, &register_broker(&image, registration(1), false).records);
+        let image = apply(
+            &image,
+            &register_broker(&image, registration(1), false).records,
+        );
         let image = apply(&image, &unfence_broker(&image, 1, false).records);
         // Back in the ISR (the leader asks for that once it has caught up).
         let p0 = partition(&image, id, 0);

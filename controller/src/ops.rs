@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use sluice_metadata::configs::{validate_topic_config, validate_topic_name};
 use sluice_metadata::controller_api::{
-    ConfigChange, ControllerError, CreatedTopic, NewPartitions,
-    NewTopic, TopicRef,
+    ConfigChange, ControllerError, CreatedTopic, NewPartitions, NewTopic, TopicRef,
 };
 use sluice_metadata::{
     ConfigRecord, ConfigResource, MetadataImage, MetadataRecord, PartitionRecord,
@@ -387,7 +386,10 @@ mod tests {
                 false,
             );
             image = apply(&image, &op.records);
-            image = apply(&image, &crate::lifecycle::unfence_broker(&image, id, false).records);
+            image = apply(
+                &image,
+                &crate::lifecycle::unfence_broker(&image, id, false).records,
+            );
         }
         image
     }

@@ -54,11 +54,14 @@ pub struct QuorumConfig {
     /// Ask the state machine for a snapshot ([`Applied::SnapshotDue`]) after
     /// this many log entries past the last snapshot; 0 never asks.
     pub snapshot_every_entries: u64,
+    /// Also ask once this long has passed since the last snapshot and
+    /// something was applied since; zero never asks on time alone.
+    pub snapshot_interval: Duration,
 }
 
 impl QuorumConfig {
     /// Defaults: 100 ms ticks, 1 s election timeout, 200 ms heartbeats, a
-    /// snapshot every 10,000 entries.
+    /// snapshot every 10,000 entries or hour.
     pub fn new(node_id: u64, voters: Vec<u64>, data_dir: impl Into<PathBuf>) -> Self {
         QuorumConfig {
             node_id,
@@ -68,6 +71,7 @@ impl QuorumConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_every_entries: 10_000,
+            snapshot_interval: Duration::from_secs(3600),
         }
     }
 
@@ -318,6 +322,8 @@ pub fn start(
         node_id: config.node_id,
         tick_interval: config.tick_interval,
         snapshot_every: config.snapshot_every_entries,
+        snapshot_interval: config.snapshot_interval,
+        last_snapshot_asked: Instant::now(),
         conf_state,
         conf_history: history,
         applied_index: snapshot_index,
@@ -403,6 +409,9 @@ struct Driver {
     node_id: u64,
     tick_interval: Duration,
     snapshot_every: u64,
+    snapshot_interval: Duration,
+    /// When a snapshot was last asked for (or this node started).
+    last_snapshot_asked: Instant,
     /// The configuration in force after `applied_index`.
     conf_state: ConfState,
     /// Configurations by the index they took effect at, back to the last
@@ -458,6 +467,7 @@ impl Driver {
             let now = Instant::now();
             if now >= next_tick {
                 self.raw_node.tick();
+                self.maybe_ask_for_snapshot();
                 next_tick += self.tick_interval;
                 if next_tick < now {
                     next_tick = now + self.tick_interval;
@@ -742,12 +752,14 @@ impl Driver {
     }
 
     fn maybe_ask_for_snapshot(&mut self) {
-        if self.snapshot_every == 0 {
-            return;
-        }
         let base = self.snapshot_index.max(self.snapshot_due_at);
-        if self.applied_index >= base + self.snapshot_every {
+        let by_count = self.snapshot_every > 0 && self.applied_index >= base + self.snapshot_every;
+        let by_time = !self.snapshot_interval.is_zero()
+            && self.applied_index > base
+            && self.last_snapshot_asked.elapsed() >= self.snapshot_interval;
+        if by_count || by_time {
             self.snapshot_due_at = self.applied_index;
+            self.last_snapshot_asked = Instant::now();
             let _ = self.applied_tx.send(Applied::SnapshotDue {
                 applied_index: self.applied_index,
             });

@@ -136,6 +136,31 @@ async fn single_voter_applies_proposals_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_also_asked_for_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_config(1, &[1], dir.path());
+    config.snapshot_interval = Duration::from_millis(200);
+    bounded(async {
+        let (h, mut rx) = quorum::start(config, Box::new(NoPeers)).unwrap();
+        let (index, _) = h.propose(b"one".to_vec()).await.unwrap();
+        let mut others = Vec::new();
+        recv_entries(&mut rx, 1, &mut others).await;
+        // Few entries, but the interval passes: a snapshot is asked for.
+        loop {
+            match rx.recv().await.expect("apply channel closed") {
+                Applied::SnapshotDue { applied_index } => {
+                    assert!(applied_index >= index);
+                    break;
+                }
+                other => others.push(other),
+            }
+        }
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_voter_restart_replays_snapshot_then_tail() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = fast_config(1, &[1], dir.path());

@@ -187,7 +187,11 @@ impl Cluster {
         let node = |id: i32, role: &'static str, place: &(String, u16, Option<String>)| {
             let (host, port, namespace) = place.clone();
             let data = dir.path().join(format!("node-{id}"));
-            let listener = if role == "controller" { "CONTROLLER" } else { "PLAINTEXT" };
+            let listener = if role == "controller" {
+                "CONTROLLER"
+            } else {
+                "PLAINTEXT"
+            };
             let mut settings = vec![
                 format!("node.id={id}"),
                 format!("process.roles={role}"),
@@ -218,10 +222,18 @@ impl Cluster {
                 .collect(),
             _dir: dir,
         };
-        for n in cluster.controllers.iter_mut().chain(cluster.brokers.iter_mut()) {
+        for n in cluster
+            .controllers
+            .iter_mut()
+            .chain(cluster.brokers.iter_mut())
+        {
             n.launch();
         }
-        for n in cluster.controllers.iter_mut().chain(cluster.brokers.iter_mut()) {
+        for n in cluster
+            .controllers
+            .iter_mut()
+            .chain(cluster.brokers.iter_mut())
+        {
             n.wait_serving(Duration::from_secs(120));
         }
         cluster

@@ -30,13 +30,18 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// Inserts (`-I`) or deletes (`-D`) the rule accepting forwarding within `bridge`.
 fn iptables(action: &str, bridge: &str) -> Result<(), String> {
     let out = Command::new("iptables")
-        .args([action, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"])
+        .args([
+            action, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT",
+        ])
         .output()
         .map_err(|e| format!("running iptables: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("iptables {action}: {}", String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "iptables {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -59,7 +64,13 @@ impl Network {
         // Where Docker runs, bridged traffic goes through iptables' FORWARD
         // chain, whose policy drops it: let this bridge's own traffic pass.
         iptables("-I", &bridge)?;
-        ip(&["addr", "add", &format!("{}.1/24", net.subnet), "dev", &bridge])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}.1/24", net.subnet),
+            "dev",
+            &bridge,
+        ])?;
         ip(&["link", "set", &bridge, "up"])?;
         let mut net = net;
         for i in 0..hosts {
@@ -67,10 +78,20 @@ impl Network {
             let veth = net.veth(i);
             let _ = ip(&["netns", "del", &ns]);
             ip(&["netns", "add", &ns])?;
-            ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
             ip(&["link", "set", &veth, "master", &bridge])?;
             ip(&["link", "set", &veth, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.address(i)), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.address(i)),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
             net.hosts = i + 1;

@@ -2,7 +2,9 @@
 //! broker turns each into a controller call and reports per-item results.
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{
@@ -267,8 +269,6 @@ pub fn describe_cluster(
         .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(broker.config.cluster_id.clone()))
-        .with_controller_id(BrokerId(
-            broker.controller.active_controller_id().unwrap_or(-1),
-        ))
+        .with_controller_id(BrokerId(broker.controller_id_for_clients()))
         .with_brokers(brokers)
 }

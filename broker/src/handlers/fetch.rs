@@ -17,6 +17,10 @@ use crate::replica::now_ms;
 /// Fetch versions from which topics are named by id.
 const TOPIC_IDS_FROM: i16 = 13;
 
+/// A fetch that names no leader epoch (Kafka's NO_PARTITION_LEADER_EPOCH);
+/// any other value is checked against the partition's.
+const NO_EPOCH: i32 = -1;
+
 /// Fetch versions from which the replica id moved into `replica_state`.
 const REPLICA_STATE_FROM: i16 = 15;
 
@@ -111,7 +115,7 @@ fn read_all(
                 partitions.push(data.with_error_code(ResponseError::NotLeaderOrFollower.code()));
                 continue;
             }
-            if p.current_leader_epoch >= 0 && p.current_leader_epoch != state.leader_epoch {
+            if p.current_leader_epoch != NO_EPOCH && p.current_leader_epoch != state.leader_epoch {
                 let error = if p.current_leader_epoch < state.leader_epoch {
                     ResponseError::FencedLeaderEpoch
                 } else {
@@ -124,7 +128,7 @@ fn read_all(
             if from_follower && !state.replicas.contains(&replica_id) {
                 // Not (yet) a replica in our view: with an epoch, the follower
                 // may know a newer assignment than we do, so it retries.
-                let error = if p.current_leader_epoch >= 0 {
+                let error = if p.current_leader_epoch != NO_EPOCH {
                     ResponseError::UnknownLeaderEpoch
                 } else {
                     ResponseError::NotLeaderOrFollower

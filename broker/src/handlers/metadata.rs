@@ -112,9 +112,7 @@ pub async fn metadata(broker: &Broker, request: MetadataRequest, version: i16) -
         .with_cluster_id(Some(StrBytes::from_string(
             broker.config.cluster_id.clone(),
         )))
-        .with_controller_id(BrokerId(
-            broker.controller.active_controller_id().unwrap_or(-1),
-        ))
+        .with_controller_id(BrokerId(broker.controller_id_for_clients()))
         .with_topics(topics)
 }
 

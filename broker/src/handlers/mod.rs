@@ -72,6 +72,18 @@ impl Broker {
         }
     }
 
+    /// The "controller" clients are told about. Admin clients send
+    /// controller-bound requests to it, so it must be a broker they can
+    /// reach: the active controller when it is also a broker here, and this
+    /// broker otherwise (it forwards them), as Kafka's KRaft brokers do.
+    pub fn controller_id_for_clients(&self) -> i32 {
+        let image = self.replicas.image();
+        match self.controller.active_controller_id() {
+            Some(id) if image.brokers.get(&id).is_some_and(|b| !b.fenced) => id,
+            _ => self.config.node_id,
+        }
+    }
+
     /// The next producer id, taking a new block from the controller when
     /// this broker's block is used up.
     async fn next_producer_id(&self) -> Result<i64, ResponseError> {
