@@ -129,6 +129,7 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
     };
 
     let mut broker_gaps = Vec::new();
+    let mut leader_moves = Vec::new();
     let mut controller_gaps = Vec::new();
     for run in 1..=args.runs {
         wait_for_full_isr(
@@ -141,10 +142,20 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
 
         // A leader broker.
         let leader = partition_leader(&bootstrap).await?;
+        let survivor = cluster
+            .nodes
+            .iter()
+            .find(|n| n.role == "broker" && n.id as i32 != leader)
+            .map(|n| n.address.clone())
+            .unwrap_or(first_broker.clone());
         let killed_at = producer.context().started.elapsed();
+        let killed = Instant::now();
         cluster.kill9(leader as u16)?;
+        let moved = wait_for_new_leader(&survivor, leader, Duration::from_secs(120)).await?;
+        let moved_after = killed.elapsed();
         let gap = wait_for_ack_sent_after(&producer, killed_at, Duration::from_secs(120)).await?;
         broker_gaps.push(gap);
+        leader_moves.push(moved_after);
         cluster.restart(leader as u16)?;
         cluster
             .wait_serving_node(leader as u16, Duration::from_secs(120))
@@ -168,7 +179,8 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
             .wait_serving_node(controller, Duration::from_secs(120))
             .await?;
         println!(
-            "run {run}: broker {leader} killed -> produce resumed after {:.0} ms; controller {controller} killed -> topic created after {:.0} ms",
+            "run {run}: broker {leader} killed -> broker {moved} leads after {:.0} ms, produce resumed after {:.0} ms; controller {controller} killed -> topic created after {:.0} ms",
+            moved_after.as_secs_f64() * 1000.0,
             gap.as_secs_f64() * 1000.0,
             controller_gap.as_secs_f64() * 1000.0
         );
@@ -181,10 +193,11 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
         v[v.len() / 2].as_secs_f64() * 1000.0
     };
     let broker_ms = median(&mut broker_gaps);
+    let moved_ms = median(&mut leader_moves);
     let controller_ms = median(&mut controller_gaps);
     println!();
     println!(
-        "median unavailability after kill -9 of a leader broker: {broker_ms:.0} ms ({:.2} of broker.session.timeout.ms + 1 s)",
+        "median unavailability after kill -9 of a leader broker: {broker_ms:.0} ms ({:.2} of broker.session.timeout.ms + 1 s); the new leader was in the metadata after {moved_ms:.0} ms",
         broker_ms / (args.session_timeout_ms as f64 + 1000.0)
     );
     println!(
@@ -259,6 +272,23 @@ async fn wait_for_full_isr(bootstrap: &str, size: usize, limit: Duration) -> Res
             bail!("the ISR of {TOPIC} did not fill up within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the broker at `address` names a leader for partition 0 other
+/// than `old`, and returns it.
+async fn wait_for_new_leader(address: &str, old: i32, limit: Duration) -> Result<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some((leader, _)) = metadata(address).await? {
+            if leader >= 0 && leader != old {
+                return Ok(leader);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no new leader within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -344,6 +344,8 @@ fn controller_config(
     config.snapshot_every_entries = settings.parse("metadata.snapshot.max.records")?;
     config.snapshot_interval =
         Duration::from_millis(settings.parse("metadata.log.max.snapshot.interval.ms")?);
+    config.election_timeout =
+        Duration::from_millis(settings.parse("controller.quorum.election.timeout.ms")?);
     config.broker_session_timeout =
         Duration::from_millis(settings.parse("broker.session.timeout.ms")?);
     config.unclean_leader_election = settings.parse("unclean.leader.election.enable")?;

@@ -38,6 +38,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("metadata.log.max.snapshot.interval.ms", "3600000"),
     ("controller.quorum.voters", ""),
     ("controller.listener.names", "CONTROLLER"),
+    ("controller.quorum.election.timeout.ms", "1000"),
     ("broker.session.timeout.ms", "9000"),
     ("broker.heartbeat.interval.ms", "2000"),
     ("controlled.shutdown.enable", "true"),

@@ -166,7 +166,8 @@ impl RemoteController {
                 },
                 Err(e) => last = e,
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Short: a new leader is usually elected within a second.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(last)
     }

@@ -38,6 +38,9 @@ pub struct ControllerConfig {
     pub snapshot_every_entries: u64,
     /// `metadata.log.max.snapshot.interval.ms`: or after this long.
     pub snapshot_interval: Duration,
+    /// `controller.quorum.election.timeout.ms`: the longest a follower goes
+    /// without hearing from the leader before it starts an election.
+    pub election_timeout: Duration,
     /// `broker.session.timeout.ms`: a broker silent this long is fenced.
     pub broker_session_timeout: Duration,
     /// `unclean.leader.election.enable`
@@ -59,6 +62,7 @@ impl ControllerConfig {
             request_timeout: Duration::from_secs(30),
             snapshot_every_entries: 20_000,
             snapshot_interval: Duration::from_secs(3600),
+            election_timeout: Duration::from_secs(1),
             broker_session_timeout: Duration::from_secs(9),
             unclean_leader_election: false,
             auto_leader_rebalance: true,
@@ -66,6 +70,9 @@ impl ControllerConfig {
         }
     }
 }
+
+/// One Raft tick; timeouts are counted in ticks.
+const RAFT_TICK: Duration = Duration::from_millis(50);
 
 /// Committed entries kept in memory for brokers that follow the log: every
 /// entry after `base` (an offset a snapshot covers).
@@ -163,13 +170,18 @@ impl Controller {
         } else {
             Box::new(NoPeers)
         };
+        // raft-rs draws each election timeout from [ticks, 2 * ticks): a
+        // follower that has not heard from the leader for the configured
+        // timeout has started an election by then.
+        let election_tick =
+            ((config.election_timeout.as_millis() / (2 * RAFT_TICK.as_millis())) as usize).max(2);
         let quorum_config = QuorumConfig {
             node_id,
             voters: voter_ids,
             data_dir: config.data_dir.clone(),
-            tick_interval: Duration::from_millis(100),
-            election_tick: 10,
-            heartbeat_tick: 2,
+            tick_interval: RAFT_TICK,
+            election_tick,
+            heartbeat_tick: (election_tick / 5).max(1),
             snapshot_every_entries: config.snapshot_every_entries,
             snapshot_interval: config.snapshot_interval,
         };
@@ -311,7 +323,7 @@ fn quorum_error(e: QuorumError) -> ControllerError {
 }
 
 /// How often the active controller checks broker sessions.
-const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The active controller's periodic duties: fencing brokers whose session
 /// expired and, when enabled, moving leaders back to preferred replicas.
