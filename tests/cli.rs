@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::Server;
 
 fn ok(out: std::process::Output) -> String {
@@ -184,4 +186,100 @@ fn metadata_comes_back_from_snapshot_and_log_after_kill_9() {
     assert!(ok(server.cli(&["describe", "t05"])).contains("retention.ms=1234"));
     // New changes keep working after the restart.
     ok(server.cli(&["create", "after-restart"]));
+}
+
+/// `sluice cluster up` as README shows it: starts, reports, answers
+/// `cluster status`, serves clients, and stops every node on SIGTERM.
+#[test]
+fn cluster_up_starts_a_cluster_and_status_describes_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    // A base port whose neighbours (+1, +100..+102) are very likely free.
+    let base = 20_000 + (std::process::id() % 20_000) as u16;
+    let mut up = std::process::Command::new(common::BIN)
+        .args(["cluster", "up", "--controllers", "3", "--brokers", "2"])
+        .args(["--port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !printed.contains("The cluster is up") {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("cluster up did not start:\n{printed}"));
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    assert!(printed.contains("controller  1001"), "{printed}");
+    assert!(
+        printed.contains(&format!("127.0.0.1:{}", base + 1)),
+        "{printed}"
+    );
+
+    let status = std::process::Command::new(common::BIN)
+        .args(["cluster", "status", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("Metadata quorum: leader 100"), "{text}");
+    assert!(text.contains("observer (broker)"), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{base}")), "{text}");
+
+    let bootstrap = format!("127.0.0.1:{base}");
+    let produce = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "seq 1 20 | kcat -P -b {bootstrap} -t up -X acks=all"
+        ))
+        .status()
+        .unwrap();
+    assert!(produce.success());
+    let consumed = std::process::Command::new("kcat")
+        .args([
+            "-C",
+            "-b",
+            &bootstrap,
+            "-t",
+            "up",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&consumed.stdout).lines().count(),
+        20
+    );
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster up did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    // Every node is gone: nothing listens on the brokers' port any more.
+    assert!(std::net::TcpStream::connect(&bootstrap).is_err());
 }

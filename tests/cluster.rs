@@ -507,3 +507,121 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
     }
     out.push(v as u8);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controlled_shutdown_moves_leadership_before_the_broker_exits() {
+    let mut cluster = Cluster::start(3, 3, FAST);
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "handover",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+    );
+    let bootstrap = cluster.bootstrap();
+    wait_until(
+        || {
+            let p = partitions(&bootstrap, "handover");
+            p.len() == 3 && p.iter().all(|p| p.2 == 3)
+        },
+        Duration::from_secs(30),
+    );
+    // SIGTERM: by the time the process has exited, broker 1 leads nothing;
+    // no session timeout is waited for.
+    cluster.broker(1).stop();
+    let others: Vec<String> = cluster
+        .brokers
+        .iter()
+        .filter(|b| b.id != 1)
+        .map(|b| b.address())
+        .collect();
+    let now = partitions(&others.join(","), "handover");
+    assert_eq!(now.len(), 3);
+    for (partition, leader, isr) in now {
+        assert!(
+            leader >= 0 && leader != 1,
+            "partition {partition} led by {leader}"
+        );
+        assert_eq!(isr, 2, "partition {partition}: broker 1 left the ISR");
+    }
+    assert!(
+        cluster
+            .broker(1)
+            .log()
+            .contains("controlled shutdown complete"),
+        "{}",
+        cluster.broker(1).log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_far_behind_catches_up_from_a_metadata_snapshot() {
+    let mut settings = FAST.to_vec();
+    settings.push("metadata.snapshot.max.records=10");
+    let mut cluster = Cluster::start(3, 2, &settings);
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "early",
+            "--partitions",
+            "2",
+            "--replication-factor",
+            "2",
+        ],
+    );
+    cluster.broker(2).kill9();
+    for i in 0..25 {
+        created(
+            &mut cluster,
+            &[
+                "create",
+                &format!("later-{i}"),
+                "--partitions",
+                "1",
+                "--replication-factor",
+                "1",
+            ],
+        );
+    }
+    created(&mut cluster, &["delete", "later-0"]);
+    // Restarted controllers keep entries only from their latest snapshot on.
+    for i in 0..cluster.controllers.len() {
+        cluster.controllers[i].stop();
+        cluster.controllers[i].restart();
+        cluster.controllers[i].wait_serving(Duration::from_secs(60));
+    }
+    cluster.broker(2).restart();
+    cluster.broker(2).wait_serving(Duration::from_secs(60));
+    assert!(
+        cluster
+            .broker(2)
+            .log()
+            .contains("loaded metadata snapshot from the controller"),
+        "{}",
+        cluster.broker(2).log()
+    );
+    // Its view is the cluster's: the deleted topic is gone, the rest are there.
+    let view = String::from_utf8_lossy(
+        &std::process::Command::new(common::BIN)
+            .args([
+                "topics",
+                "--bootstrap-server",
+                &cluster.broker(2).address(),
+                "list",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        view.lines().any(|l| l == "early") && view.lines().any(|l| l == "later-24"),
+        "{view}"
+    );
+    assert!(!view.lines().any(|l| l == "later-0"), "{view}");
+}
