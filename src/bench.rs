@@ -223,7 +223,8 @@ async fn compare_replication(args: BenchArgs, rf: i16) -> Result<()> {
     bench.await?
 }
 
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, rf: i16) -> Result<()> {
+/// Creates `topic` (replication factor -1: the cluster's default).
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, rf: i16) -> Result<()> {
     let mut client = crate::client::connect(bootstrap).await?;
     let response = client
         .send(
@@ -232,7 +233,7 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, rf: i16) ->
                     .with_name(TopicName(StrBytes::from_string(topic.to_string())))
                     .with_num_partitions(partitions)
                     .with_replication_factor(rf)])
-                .with_timeout_ms(30_000),
+                .with_timeout_ms(60_000),
         )
         .await?;
     for t in response.topics {

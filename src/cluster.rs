@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use kafka_protocol::messages::{
-    describe_quorum_request, DescribeClusterRequest, DescribeQuorumRequest,
+    describe_quorum_request, DescribeClusterRequest, DescribeQuorumRequest, DescribeQuorumResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_broker::KafkaClient;
@@ -392,6 +392,26 @@ async fn up(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// The quorum as its leader describes it, asking each controller in turn.
+pub async fn describe_quorum(controllers: &[String]) -> Option<DescribeQuorumResponse> {
+    for address in controllers {
+        let Ok(mut client) = KafkaClient::connect(address, "sluice-cli").await else {
+            continue;
+        };
+        let request = DescribeQuorumRequest::default().with_topics(vec![
+            describe_quorum_request::TopicData::default()
+                .with_topic_name(StrBytes::from_static_str("__cluster_metadata").into())
+                .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
+        ]);
+        if let Ok(r) = client.send(request).await {
+            if r.error_code == 0 {
+                return Some(r);
+            }
+        }
+    }
+    None
+}
+
 /// The controllers and brokers listed in `dir/cluster.toml`.
 fn read_layout(dir: &Path) -> Result<Vec<(i64, String, String)>> {
     let path = dir.join("cluster.toml");
@@ -434,24 +454,7 @@ async fn status(controller: Option<String>, dir: &Path) -> Result<()> {
             .map(|(_, _, a)| a.clone())
             .collect(),
     };
-    let mut quorum = None;
-    for address in &controllers {
-        let Ok(mut client) = KafkaClient::connect(address, "sluice-cli").await else {
-            continue;
-        };
-        let request = DescribeQuorumRequest::default().with_topics(vec![
-            describe_quorum_request::TopicData::default()
-                .with_topic_name(StrBytes::from_static_str("__cluster_metadata").into())
-                .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
-        ]);
-        if let Ok(r) = client.send(request).await {
-            if r.error_code == 0 {
-                quorum = Some(r);
-                break;
-            }
-        }
-    }
-    let Some(quorum) = quorum else {
+    let Some(quorum) = describe_quorum(&controllers).await else {
         bail!("no controller answered with the quorum's state (is a majority up?)");
     };
     let Some(p) = quorum.topics.first().and_then(|t| t.partitions.first()) else {

@@ -18,18 +18,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    describe_quorum_request, CreateTopicsRequest, DescribeQuorumRequest, MetadataRequest, TopicName,
-};
+use kafka_protocol::messages::{MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use sluice_broker::KafkaClient;
 
-use crate::cluster::LocalCluster;
+use crate::bench::create_topic;
+use crate::cluster::{describe_quorum, LocalCluster};
 
 #[derive(Debug, Clone, Args)]
 pub struct FailoverArgs {
@@ -91,7 +88,7 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
     let bootstrap = cluster.bootstrap();
     let first_broker = bootstrap.split(',').next().unwrap_or_default().to_string();
     let rf = args.brokers.min(3) as i16;
-    create_topic(&first_broker, TOPIC, rf).await?;
+    create_topic(&first_broker, TOPIC, 1, rf).await?;
     println!(
         "sluice bench failover: {} controllers, {} brokers, topic {TOPIC} RF={rf}, broker.session.timeout.ms={}, {} runs",
         args.controllers, args.brokers, args.session_timeout_ms, args.runs
@@ -171,7 +168,7 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
             .find(|n| n.role == "broker" && n.id as i32 != leader)
             .map(|n| n.address.clone())
             .unwrap_or(first_broker.clone());
-        create_topic(&probe_broker, &format!("failover-probe-{run}"), 1).await?;
+        create_topic(&probe_broker, &format!("failover-probe-{run}"), 1, 1).await?;
         let controller_gap = killed.elapsed();
         controller_gaps.push(controller_gap);
         cluster.restart(controller)?;
@@ -205,30 +202,6 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
         controller_ms / 1000.0
     );
     cluster.stop_all();
-    Ok(())
-}
-
-async fn create_topic(bootstrap: &str, topic: &str, rf: i16) -> Result<()> {
-    let mut client = crate::client::connect(bootstrap).await?;
-    let response = client
-        .send(
-            CreateTopicsRequest::default()
-                .with_topics(vec![CreatableTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                    .with_num_partitions(1)
-                    .with_replication_factor(rf)])
-                .with_timeout_ms(60_000),
-        )
-        .await?;
-    for t in response.topics {
-        if t.error_code != 0 {
-            bail!(
-                "creating {topic}: error {} {:?}",
-                t.error_code,
-                t.error_message
-            );
-        }
-    }
     Ok(())
 }
 
@@ -320,22 +293,19 @@ async fn wait_for_ack_sent_after(
 }
 
 async fn active_controller(cluster: &LocalCluster) -> Result<u16> {
-    for (_, address) in cluster.controller_addresses() {
-        let Ok(mut client) = KafkaClient::connect(&address, "sluice-bench").await else {
-            continue;
-        };
-        let request = DescribeQuorumRequest::default().with_topics(vec![
-            describe_quorum_request::TopicData::default()
-                .with_topic_name(StrBytes::from_static_str("__cluster_metadata").into())
-                .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
-        ]);
-        if let Ok(r) = client.send(request).await {
-            if r.error_code == 0 {
-                if let Some(p) = r.topics.first().and_then(|t| t.partitions.first()) {
-                    return Ok(p.leader_id.0 as u16);
-                }
-            }
-        }
-    }
-    bail!("no controller knows the quorum leader")
+    let addresses: Vec<String> = cluster
+        .controller_addresses()
+        .into_iter()
+        .map(|(_, address)| address)
+        .collect();
+    describe_quorum(&addresses)
+        .await
+        .and_then(|r| {
+            r.topics
+                .first()?
+                .partitions
+                .first()
+                .map(|p| p.leader_id.0 as u16)
+        })
+        .context("no controller knows the quorum leader")
 }

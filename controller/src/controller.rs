@@ -12,9 +12,10 @@ use sluice_metadata::controller_api::{
     NewTopic, PartitionState, QuorumDescription, ReplicaProgress, TopicRef,
 };
 use sluice_metadata::{
-    encode_batch, ConfigResource, MetadataImage, MetadataLoader, Publisher, Uuid,
+    encode_batch, ConfigResource, MetadataDelta, MetadataImage, MetadataLoader, MetadataRecord,
+    Publisher, Uuid,
 };
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tracing::{debug, error, info, warn};
 
 use crate::lifecycle;
@@ -129,9 +130,11 @@ pub struct Controller {
     config: ControllerConfig,
     quorum: QuorumHandle,
     image: watch::Receiver<Arc<MetadataImage>>,
-    /// One operation at a time: each computes its records from an image that
-    /// already holds every earlier operation's committed records.
+    /// One group of operations at a time: each plans against an image that
+    /// holds every earlier group's committed records.
     op_lock: Mutex<()>,
+    /// Operations waiting to be planned and committed.
+    queue: StdMutex<VecDeque<QueuedOp>>,
     /// The term in which this node, as leader, has applied everything
     /// committed before it (0: none yet).
     ready_term: StdMutex<u64>,
@@ -203,6 +206,7 @@ impl Controller {
             quorum,
             image,
             op_lock: Mutex::new(()),
+            queue: StdMutex::new(VecDeque::new()),
             ready_term: StdMutex::new(0),
             rejected,
             window,
@@ -280,37 +284,124 @@ impl Controller {
 
     /// Computes an operation against the latest image and, unless it is only
     /// a validation, commits its records before returning the results.
-    async fn run<T>(
+    ///
+    /// Operations queue up and are committed in groups: whoever holds the
+    /// turn plans every queued operation in order, each against the image as
+    /// the ones before it leave it, and proposes all their records as one
+    /// Raft entry. Under load many operations share one commit.
+    async fn run<T: Send + 'static>(
         &self,
         validate_only: bool,
-        op: impl FnOnce(&MetadataImage) -> OpResult<T>,
+        op: impl FnOnce(&MetadataImage) -> OpResult<T> + Send + 'static,
     ) -> Result<T, ControllerError> {
-        let _turn = self.op_lock.lock().await;
-        self.ensure_active().await?;
-        let image = self.image();
-        let OpResult { records, results } = op(&image);
-        if validate_only || records.is_empty() {
-            return Ok(results);
+        if validate_only {
+            self.ensure_active().await?;
+            return Ok(op(&self.image()).results);
         }
+        let (reply, answer) = oneshot::channel();
+        let queued: QueuedOp = Box::new(move |image| {
+            let OpResult { records, results } = op(image);
+            Planned {
+                records,
+                finish: Box::new(move |outcome| {
+                    let _ = reply.send(outcome.map(|()| results));
+                }),
+            }
+        });
+        lock(&self.queue).push_back(queued);
+        self.commit_queued().await;
+        answer
+            .await
+            .map_err(|_| ControllerError::Internal("the operation was dropped".into()))?
+    }
+
+    /// Commits queued operations, a group at a time, until none is left.
+    async fn commit_queued(&self) {
+        let _turn = self.op_lock.lock().await;
+        loop {
+            let group: Vec<QueuedOp> = {
+                let mut queue = lock(&self.queue);
+                let n = queue.len().min(MAX_OPS_PER_ENTRY);
+                queue.drain(..n).collect()
+            };
+            if group.is_empty() {
+                return;
+            }
+            metrics::histogram!("sluice_controller_ops_per_entry").record(group.len() as f64);
+            self.commit_group(group).await;
+        }
+    }
+
+    async fn commit_group(&self, group: Vec<QueuedOp>) {
+        let active = self.ensure_active().await;
+        let mut image = self.image();
+        let mut records = Vec::new();
+        let mut finishes: Vec<Finish> = Vec::with_capacity(group.len());
+        for op in group {
+            let planned = op(&image);
+            if let Err(e) = &active {
+                (planned.finish)(Err(e.clone()));
+                continue;
+            }
+            if !planned.records.is_empty() {
+                // The next operation plans against the image this one leaves.
+                let mut delta = MetadataDelta::new(image.clone());
+                if let Err(e) = delta.replay_all(&planned.records) {
+                    error!(error = %e, "an operation's records do not replay; refused");
+                    (planned.finish)(Err(ControllerError::Internal(e.to_string())));
+                    continue;
+                }
+                image = delta.apply(image.offset);
+                records.extend(planned.records);
+            }
+            finishes.push(planned.finish);
+        }
+        let outcome = if records.is_empty() {
+            Ok(())
+        } else {
+            self.commit(records).await
+        };
+        for finish in finishes {
+            finish(outcome.clone());
+        }
+    }
+
+    /// Proposes `records` as one entry and waits until it is applied.
+    async fn commit(&self, records: Vec<MetadataRecord>) -> Result<(), ControllerError> {
         let data = encode_batch(&records);
-        let timeout = self.config.request_timeout;
         // No time limit on the proposal itself: the quorum answers every
         // proposal (committed, or failed when leadership is lost), and giving
         // up early would let the next operation plan from an image that lacks
         // a change still on its way to commit.
         let (index, _term) = self.quorum.propose(data).await.map_err(quorum_error)?;
         let mut image = self.image.clone();
-        tokio::time::timeout(timeout, image.wait_for(|i| i.offset >= index))
-            .await
-            .map_err(|_| ControllerError::Timeout)?
-            .map_err(|_| ControllerError::Internal("metadata loader stopped".into()))?;
+        tokio::time::timeout(
+            self.config.request_timeout,
+            image.wait_for(|i| i.offset >= index),
+        )
+        .await
+        .map_err(|_| ControllerError::Timeout)?
+        .map_err(|_| ControllerError::Internal("metadata loader stopped".into()))?;
         if *self.rejected.borrow() == index {
             return Err(ControllerError::Internal(format!(
                 "metadata entry {index} committed but did not apply; see the log"
             )));
         }
-        Ok(results)
+        Ok(())
     }
+}
+
+/// The most operations committed in one Raft entry.
+const MAX_OPS_PER_ENTRY: usize = 1000;
+
+/// An operation waiting for its turn: planned against an image, it yields
+/// its records and what to do once they are committed (or not).
+type QueuedOp = Box<dyn FnOnce(&MetadataImage) -> Planned + Send>;
+type Finish = Box<dyn FnOnce(Result<(), ControllerError>) + Send>;
+
+struct Planned {
+    records: Vec<MetadataRecord>,
+    finish: Finish,
 }
 
 fn quorum_error(e: QuorumError) -> ControllerError {
@@ -349,7 +440,7 @@ async fn run_active_duties(controller: std::sync::Weak<Controller>) {
             );
             let unclean = c.config.unclean_leader_election;
             if let Err(e) = c
-                .run(false, |image| {
+                .run(false, move |image| {
                     lifecycle::fence_broker(image, broker_id, broker_epoch, unclean)
                 })
                 .await
@@ -424,13 +515,14 @@ impl Controller {
         if hb.want_shutdown {
             // Leaderships move (or lapse) in one commit; then the broker is
             // fenced so it gets no new ones, and may exit.
-            self.run(false, |image| {
-                lifecycle::controlled_shutdown(image, hb.broker_id)
+            let broker_id = hb.broker_id;
+            self.run(false, move |image| {
+                lifecycle::controlled_shutdown(image, broker_id)
             })
             .await?;
             let epoch = hb.broker_epoch;
-            self.run(false, |image| {
-                lifecycle::fence_broker(image, hb.broker_id, epoch, unclean)
+            self.run(false, move |image| {
+                lifecycle::fence_broker(image, broker_id, epoch, unclean)
             })
             .await?;
             info!(broker_id = hb.broker_id, "controlled shutdown complete");
@@ -442,8 +534,9 @@ impl Controller {
         }
         let mut is_fenced = registered.fenced;
         if is_fenced && !hb.want_fence && is_caught_up {
-            self.run(false, |image| {
-                lifecycle::unfence_broker(image, hb.broker_id, unclean)
+            let broker_id = hb.broker_id;
+            self.run(false, move |image| {
+                lifecycle::unfence_broker(image, broker_id, unclean)
             })
             .await?;
             info!(broker_id = hb.broker_id, "broker unfenced");
@@ -606,7 +699,7 @@ impl ControllerApi for Controller {
         Box::pin(async move {
             let count = topics.len();
             let defaults = self.config.defaults.clone();
-            self.run(validate_only, |image| {
+            self.run(validate_only, move |image| {
                 ops::create_topics(image, &defaults, topics)
             })
             .await
@@ -620,7 +713,7 @@ impl ControllerApi for Controller {
     ) -> BoxFuture<'_, Vec<Result<(String, Uuid), ControllerError>>> {
         Box::pin(async move {
             let count = topics.len();
-            self.run(false, |image| ops::delete_topics(image, topics))
+            self.run(false, move |image| ops::delete_topics(image, topics))
                 .await
                 .unwrap_or_else(|e| vec![Err(e); count])
         })
@@ -633,7 +726,7 @@ impl ControllerApi for Controller {
     ) -> BoxFuture<'_, Vec<Result<(), ControllerError>>> {
         Box::pin(async move {
             let count = requests.len();
-            self.run(validate_only, |image| {
+            self.run(validate_only, move |image| {
                 ops::create_partitions(image, requests)
             })
             .await
@@ -648,9 +741,11 @@ impl ControllerApi for Controller {
     ) -> BoxFuture<'_, Vec<Result<(), ControllerError>>> {
         Box::pin(async move {
             let count = changes.len();
-            self.run(validate_only, |image| ops::alter_configs(image, changes))
-                .await
-                .unwrap_or_else(|e| vec![Err(e); count])
+            self.run(validate_only, move |image| {
+                ops::alter_configs(image, changes)
+            })
+            .await
+            .unwrap_or_else(|e| vec![Err(e); count])
         })
     }
 
@@ -662,7 +757,7 @@ impl ControllerApi for Controller {
             let unclean = self.config.unclean_leader_election;
             let broker_id = request.broker_id;
             let epoch = self
-                .run(false, |image| {
+                .run(false, move |image| {
                     lifecycle::register_broker(image, request, unclean)
                 })
                 .await?;
@@ -677,7 +772,7 @@ impl ControllerApi for Controller {
         count: i64,
     ) -> BoxFuture<'_, Result<i64, ControllerError>> {
         Box::pin(async move {
-            self.run(false, |image| {
+            self.run(false, move |image| {
                 ops::allocate_producer_ids(image, broker_id, count)
             })
             .await
@@ -699,7 +794,7 @@ impl ControllerApi for Controller {
     ) -> BoxFuture<'_, Vec<Result<PartitionState, ControllerError>>> {
         Box::pin(async move {
             let count = changes.len();
-            self.run(false, |image| {
+            self.run(false, move |image| {
                 lifecycle::alter_partition(image, broker_id, broker_epoch, changes)
             })
             .await

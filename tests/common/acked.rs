@@ -85,6 +85,17 @@ impl AckedWriter {
         Self { acked, stop, task }
     }
 
+    /// The highest sequence number acknowledged so far.
+    pub fn max_seq(&self) -> u64 {
+        self.acked
+            .lock()
+            .unwrap()
+            .values()
+            .flat_map(|v| v.iter().map(|(_, seq)| *seq))
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn count(&self) -> usize {
         self.acked.lock().unwrap().values().map(Vec::len).sum()
     }
@@ -100,6 +111,67 @@ impl AckedWriter {
         self.task.await.expect("writer task");
         let acked = self.acked.lock().unwrap().clone();
         acked
+    }
+}
+
+/// A consumer that follows the topic from the beginning while the test
+/// runs, recording each partition's offsets in the order it saw them.
+pub struct TailingReader {
+    stop: Arc<AtomicBool>,
+    max_seq: Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<BTreeMap<i32, Vec<i64>>>,
+}
+
+impl TailingReader {
+    pub fn spawn(bootstrap: &str, topic: &str, partitions: i32) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "sluice-tail")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread = {
+            let stop = stop.clone();
+            let max_seq = max_seq.clone();
+            std::thread::spawn(move || {
+                let mut seen: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                        seen.entry(m.partition()).or_default().push(m.offset());
+                        let seq = m
+                            .payload()
+                            .and_then(|p| std::str::from_utf8(p).ok())
+                            .and_then(|p| p.parse::<u64>().ok())
+                            .unwrap_or(0);
+                        max_seq.fetch_max(seq, Ordering::Relaxed);
+                    }
+                }
+                seen
+            })
+        };
+        Self {
+            stop,
+            max_seq,
+            thread,
+        }
+    }
+
+    pub fn max_seq(&self) -> u64 {
+        self.max_seq.load(Ordering::Relaxed)
+    }
+
+    /// Stops reading; returns each partition's offsets in the order read.
+    pub fn stop(self) -> BTreeMap<i32, Vec<i64>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("reader thread")
     }
 }
 

@@ -258,6 +258,13 @@ impl Cluster {
             .expect("no such controller")
     }
 
+    /// kill -9 of every broker but `keep`.
+    pub fn kill_brokers_except(&mut self, keep: i32) {
+        for broker in self.brokers.iter_mut().filter(|b| b.id != keep) {
+            broker.kill9();
+        }
+    }
+
     /// Runs `sluice topics ...` against the brokers that are up.
     pub fn cli(&mut self, args: &[&str]) -> std::process::Output {
         let bootstrap = self
