@@ -498,10 +498,9 @@ async fn status(controller: Option<String>, dir: &Path) -> Result<()> {
             continue;
         };
         if let Ok(r) = client.send(DescribeClusterRequest::default()).await {
-            println!(
-                "\nBrokers (cluster {}, active controller {}):",
-                r.cluster_id, r.controller_id.0
-            );
+            // (DescribeCluster's controller id is a broker that forwards
+            // to the quorum; the quorum's leader is printed above.)
+            println!("\nUnfenced brokers (cluster {}):", r.cluster_id);
             let mut table = Table::new(&["BROKER", "ADDRESS"]);
             for b in &r.brokers {
                 table.row(vec![
