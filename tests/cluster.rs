@@ -491,8 +491,17 @@ async fn malformed_raft_streams_are_dropped_without_harm() {
                     .with_current_leader_epoch(epoch)
                     .with_fetch_offset(0)
                     .with_partition_max_bytes(1024)])]);
-        let response = client.send_version(request, 12).await.unwrap();
-        let code = response.responses[0].partitions[0].error_code;
+        // The broker learns of the new topic from the metadata log a moment
+        // after the controller commits it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let code = loop {
+            let response = client.send_version(request.clone(), 12).await.unwrap();
+            let code = response.responses[0].partitions[0].error_code;
+            if code != ResponseError::UnknownTopicOrPartition.code() || Instant::now() > deadline {
+                break code;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert!(
             [
                 ResponseError::NotLeaderOrFollower.code(),
