@@ -416,7 +416,7 @@ impl ControllerService {
 }
 
 /// One record batch holding one record per entry, at the entry's offset.
-fn encode_entries(entries: &[(u64, Vec<u8>)]) -> anyhow::Result<Bytes> {
+fn encode_entries(entries: &[(u64, Bytes)]) -> anyhow::Result<Bytes> {
     let mut buf = BytesMut::new();
     if entries.is_empty() {
         return Ok(buf.freeze());
@@ -435,7 +435,7 @@ fn encode_entries(entries: &[(u64, Vec<u8>)]) -> anyhow::Result<Bytes> {
             sequence: -1,
             timestamp: 0,
             key: None,
-            value: Some(Bytes::from(data.clone())),
+            value: Some(data.clone()),
             headers: Default::default(),
         })
         .collect();

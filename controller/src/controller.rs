@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sluice_metadata::controller_api::{
     BoxFuture, BrokerHeartbeat, BrokerRegistrationRequest, ConfigChange, ControllerApi,
     ControllerError, CreatedTopic, HeartbeatReply, IsrChange, MetadataLogSource, NewPartitions,
@@ -80,7 +81,8 @@ const RAFT_TICK: Duration = Duration::from_millis(50);
 #[derive(Default)]
 struct EntryWindow {
     base: u64,
-    entries: VecDeque<(u64, Vec<u8>)>,
+    /// Shared with the committed entries the quorum handed over: no copies.
+    entries: VecDeque<(u64, Bytes)>,
     bytes: usize,
 }
 
@@ -94,7 +96,7 @@ impl EntryWindow {
         self.bytes = 0;
     }
 
-    fn push(&mut self, offset: u64, data: Vec<u8>) {
+    fn push(&mut self, offset: u64, data: Bytes) {
         self.bytes += data.len();
         self.entries.push_back((offset, data));
         while self.bytes > WINDOW_MAX_BYTES {
@@ -579,7 +581,7 @@ async fn run_loader(
             Applied::Entries(entries) => {
                 let mut window = lock(&window);
                 for entry in entries {
-                    window.push(entry.index, entry.data.to_vec());
+                    window.push(entry.index, entry.data.clone());
                     if entry.data.is_empty() {
                         loader.skip_entry(entry.index);
                     } else if let Err(e) = loader.load_entry(entry.index, &entry.data) {
@@ -613,7 +615,7 @@ async fn run_loader(
 }
 
 impl MetadataLogSource for Controller {
-    fn read_entries(&self, from: u64, max_bytes: usize) -> Option<Vec<(u64, Vec<u8>)>> {
+    fn read_entries(&self, from: u64, max_bytes: usize) -> Option<Vec<(u64, Bytes)>> {
         let window = lock(&self.window);
         if from <= window.base {
             return None;

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::records::{ConfigResource, Endpoint};
@@ -166,7 +167,7 @@ pub trait MetadataLogSource: Send + Sync {
     /// Committed entries with an offset of at least `from`, in order, up to
     /// about `max_bytes` (at least one when any is there). `None` when
     /// entries from `from` on are no longer kept: load the snapshot.
-    fn read_entries(&self, from: u64, max_bytes: usize) -> Option<Vec<(u64, Vec<u8>)>>;
+    fn read_entries(&self, from: u64, max_bytes: usize) -> Option<Vec<(u64, Bytes)>>;
     /// The offset of the last committed entry this node has applied.
     fn last_offset(&self) -> u64;
     /// This node's whole image as snapshot records, with its offset.
