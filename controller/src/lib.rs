@@ -7,6 +7,8 @@ pub mod lifecycle;
 pub mod ops;
 pub mod placement;
 pub mod quorum;
+#[cfg(test)]
+mod test_support;
 
 pub use controller::{Controller, ControllerConfig, StartError};
 pub use ops::TopicDefaults;

@@ -361,40 +361,14 @@ mod tests {
     use std::sync::Arc;
 
     use sluice_metadata::controller_api::NewTopic;
-    use sluice_metadata::{Endpoint, MetadataDelta};
 
     use super::*;
     use crate::ops::{create_topics, TopicDefaults};
-
-    fn apply(image: &Arc<MetadataImage>, records: &[MetadataRecord]) -> Arc<MetadataImage> {
-        let mut delta = MetadataDelta::new(image.clone());
-        delta.replay_all(records).expect("records replay");
-        delta.apply(image.offset + 1)
-    }
-
-    fn registration(id: i32) -> BrokerRegistrationRequest {
-        BrokerRegistrationRequest {
-            broker_id: id,
-            incarnation_id: Uuid::new_v4(),
-            endpoints: vec![Endpoint {
-                listener: "PLAINTEXT".into(),
-                host: "127.0.0.1".into(),
-                port: 9000 + id as u16,
-            }],
-            rack: None,
-        }
-    }
+    use crate::test_support::{apply, registration, unfenced_brokers};
 
     /// Three unfenced brokers and a topic of three partitions, RF 3.
     fn cluster() -> (Arc<MetadataImage>, Uuid) {
-        let mut image = MetadataImage::empty();
-        for id in 1..=3 {
-            image = apply(
-                &image,
-                &register_broker(&image, registration(id), false).records,
-            );
-            image = apply(&image, &unfence_broker(&image, id, false).records);
-        }
+        let mut image = unfenced_brokers(&[1, 2, 3]);
         let defaults = TopicDefaults {
             num_partitions: 3,
             replication_factor: 3,

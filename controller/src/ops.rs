@@ -354,44 +354,17 @@ pub fn allocate_producer_ids(image: &MetadataImage, broker_id: i32, count: i64) 
 mod tests {
     use super::*;
     use sluice_metadata::controller_api::BrokerRegistrationRequest;
-    use sluice_metadata::{Endpoint, MetadataDelta};
     use std::sync::Arc;
+
+    use crate::test_support::{apply, unfenced_brokers};
 
     const DEFAULTS: TopicDefaults = TopicDefaults {
         num_partitions: 2,
         replication_factor: 1,
     };
 
-    fn apply(image: &Arc<MetadataImage>, records: &[MetadataRecord]) -> Arc<MetadataImage> {
-        let mut delta = MetadataDelta::new(image.clone());
-        delta.replay_all(records).expect("records replay");
-        delta.apply(image.offset + 1)
-    }
-
     fn cluster(brokers: &[i32]) -> Arc<MetadataImage> {
-        let mut image = MetadataImage::empty();
-        for &id in brokers {
-            let op = crate::lifecycle::register_broker(
-                &image,
-                BrokerRegistrationRequest {
-                    broker_id: id,
-                    incarnation_id: Uuid::new_v4(),
-                    endpoints: vec![Endpoint {
-                        listener: "PLAINTEXT".into(),
-                        host: "127.0.0.1".into(),
-                        port: 9000 + id as u16,
-                    }],
-                    rack: None,
-                },
-                false,
-            );
-            image = apply(&image, &op.records);
-            image = apply(
-                &image,
-                &crate::lifecycle::unfence_broker(&image, id, false).records,
-            );
-        }
-        image
+        unfenced_brokers(brokers)
     }
 
     fn topic(name: &str) -> NewTopic {
