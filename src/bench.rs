@@ -62,6 +62,9 @@ pub enum BenchCommand {
     /// Client-observed unavailability when a leader broker or the active
     /// controller is killed with kill -9, on a local cluster it starts.
     Failover(crate::failover::FailoverArgs),
+    /// Offset commits per second through the metadata log, with many
+    /// groups and partitions, against OffsetFetch as the baseline.
+    Commits(crate::commit_bench::CommitBenchArgs),
 }
 
 struct Measured {
@@ -80,8 +83,10 @@ impl Measured {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    if let Some(BenchCommand::Failover(failover)) = args.command {
-        return crate::failover::run(failover).await;
+    match args.command {
+        Some(BenchCommand::Failover(failover)) => return crate::failover::run(failover).await,
+        Some(BenchCommand::Commits(commits)) => return crate::commit_bench::run(commits).await,
+        None => {}
     }
     if let Some(rf) = args.compare_replication {
         return compare_replication(args, rf).await;
@@ -460,7 +465,7 @@ fn consume(args: &BenchArgs, topic: &str) -> Result<Measured> {
 }
 
 /// The q-quantile of sorted values.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

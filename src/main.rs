@@ -1,10 +1,13 @@
-//! The `sluice` command: run a node, administer topics, measure throughput.
+//! The `sluice` command: run a node, administer topics and consumer groups,
+//! measure throughput.
 
 mod alloc_guard;
 mod bench;
 mod client;
 mod cluster;
+mod commit_bench;
 mod failover;
+mod groups;
 mod server;
 mod settings;
 mod table;
@@ -51,6 +54,19 @@ enum Command {
         #[command(subcommand)]
         command: topics::TopicsCommand,
     },
+    /// List, describe and delete consumer groups, and reset their committed offsets.
+    Groups {
+        #[arg(
+            long,
+            short = 'b',
+            default_value = "127.0.0.1:9092",
+            env = "SLUICE_BOOTSTRAP_SERVER",
+            global = true
+        )]
+        bootstrap_server: String,
+        #[command(subcommand)]
+        command: groups::GroupsCommand,
+    },
     /// Run a local multi-process cluster (controllers + brokers) and show its state.
     Cluster {
         #[command(subcommand)]
@@ -86,6 +102,10 @@ fn main() -> Result<()> {
                 bootstrap_server,
                 command,
             } => topics::run(&bootstrap_server, command).await,
+            Command::Groups {
+                bootstrap_server,
+                command,
+            } => groups::run(&bootstrap_server, command).await,
             Command::Cluster { command } => cluster::run(command).await,
             Command::Bench(args) => bench::run(args).await,
         }

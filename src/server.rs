@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use sluice_broker::controller_client::{follow_metadata_log, RemoteController};
 use sluice_broker::controller_service::{ControllerService, StreamAcceptor};
 use sluice_broker::lifecycle::BrokerLifecycle;
-use sluice_broker::{server, Broker, BrokerConfig, ReplicaManager};
+use sluice_broker::{server, Broker, BrokerConfig, GroupConfig, GroupCoordinator, ReplicaManager};
 use sluice_controller::quorum::serve_peer_stream;
 use sluice_controller::{Controller, ControllerConfig, TopicDefaults};
 use sluice_metadata::controller_api::{
@@ -126,12 +126,27 @@ pub async fn run(settings: Settings) -> Result<()> {
         None
     };
 
+    // The consumer groups this broker coordinates; it sees every image too.
+    let groups = if roles.broker {
+        Some(GroupCoordinator::new(node_id, group_config(&settings)?))
+    } else {
+        None
+    };
+    let broker_publishers: Vec<Arc<dyn Publisher>> = match (&replicas, &groups) {
+        (Some(r), Some(g)) => vec![
+            r.clone() as Arc<dyn Publisher>,
+            g.clone() as Arc<dyn Publisher>,
+        ],
+        _ => Vec::new(),
+    };
+
     let controller = if roles.controller {
-        let publishers: Vec<Arc<dyn Publisher>> = match (&replicas, standalone) {
-            // In a quorum, a combined node's broker follows the log like any
-            // other broker; standalone, it reads the local controller's image.
-            (Some(r), true) => vec![r.clone() as Arc<dyn Publisher>],
-            _ => Vec::new(),
+        // In a quorum, a combined node's broker follows the log like any
+        // other broker; standalone, it reads the local controller's image.
+        let publishers = if standalone {
+            broker_publishers.clone()
+        } else {
+            Vec::new()
         };
         let controller = Controller::start(
             controller_config(&settings, node_id, &metadata_dir, &voters)?,
@@ -228,16 +243,19 @@ pub async fn run(settings: Settings) -> Result<()> {
                 let image = follow_metadata_log(
                     node_id,
                     addresses,
-                    vec![replicas.clone() as Arc<dyn Publisher>],
+                    broker_publishers.clone(),
                     stop_rx.clone(),
                 );
                 (Arc::new(remote) as Arc<dyn ControllerApi>, image)
             }
         };
+        let groups = groups.clone().context("a broker has a group coordinator")?;
+        groups.start(controller_api.clone(), stop_rx.clone());
         let broker = Arc::new(Broker::new(
             broker_config.clone(),
             replicas.clone(),
             controller_api.clone(),
+            groups,
             bound.port(),
         ));
         let registration = BrokerRegistrationRequest {
@@ -352,7 +370,22 @@ fn controller_config(
     config.auto_leader_rebalance = settings.parse("auto.leader.rebalance.enable")?;
     config.leader_imbalance_check_interval =
         Duration::from_secs(settings.parse("leader.imbalance.check.interval.seconds")?);
+    config.offsets_retention =
+        Duration::from_secs(60 * settings.parse::<u64>("offsets.retention.minutes")?);
+    config.offsets_retention_check_interval =
+        Duration::from_millis(settings.parse("offsets.retention.check.interval.ms")?);
     Ok(config)
+}
+
+fn group_config(settings: &Settings) -> Result<GroupConfig> {
+    Ok(GroupConfig {
+        initial_rebalance_delay: Duration::from_millis(
+            settings.parse("group.initial.rebalance.delay.ms")?,
+        ),
+        min_session_timeout: Duration::from_millis(settings.parse("group.min.session.timeout.ms")?),
+        max_session_timeout: Duration::from_millis(settings.parse("group.max.session.timeout.ms")?),
+        offset_metadata_max_bytes: settings.parse("offset.metadata.max.bytes")?,
+    })
 }
 
 fn broker_config(

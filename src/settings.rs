@@ -52,6 +52,12 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("unclean.leader.election.enable", "false"),
     ("auto.leader.rebalance.enable", "true"),
     ("leader.imbalance.check.interval.seconds", "300"),
+    ("group.initial.rebalance.delay.ms", "3000"),
+    ("group.min.session.timeout.ms", "6000"),
+    ("group.max.session.timeout.ms", "1800000"),
+    ("offset.metadata.max.bytes", "4096"),
+    ("offsets.retention.minutes", "10080"),
+    ("offsets.retention.check.interval.ms", "600000"),
     ("metrics.listen", "127.0.0.1:9464"),
 ];
 

@@ -69,11 +69,11 @@ pub enum TopicsCommand {
     },
 }
 
-fn name(text: &str) -> TopicName {
+pub(crate) fn name(text: &str) -> TopicName {
     TopicName(StrBytes::from_string(text.to_string()))
 }
 
-fn check(code: i16, message: Option<&StrBytes>, what: &str) -> Result<()> {
+pub(crate) fn check(code: i16, message: Option<&StrBytes>, what: &str) -> Result<()> {
     if let Some(error) = ResponseError::try_from_code(code) {
         match message {
             Some(m) if !m.is_empty() => bail!("{what}: {error:?}: {m}"),

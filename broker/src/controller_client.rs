@@ -12,15 +12,16 @@ use kafka_protocol::messages::{
     create_topics_request, delete_topics_request, fetch_request, fetch_snapshot_request,
     incremental_alter_configs_request, AllocateProducerIdsRequest, AlterPartitionRequest,
     BrokerHeartbeatRequest, BrokerId, BrokerRegistrationRequest, CreatePartitionsRequest,
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeQuorumRequest, FetchRequest,
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeQuorumRequest, EnvelopeRequest, FetchRequest,
     FetchSnapshotRequest, IncrementalAlterConfigsRequest, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use sluice_metadata::controller_api::{
-    self as api, BoxFuture, ConfigChange, ControllerApi, ControllerError, CreatedTopic,
-    HeartbeatReply, IsrChange, NewPartitions, NewTopic, PartitionState, TopicRef,
+    self as api, BoxFuture, ConfigChange, ControllerApi, ControllerError, CreatedTopic, GroupWrite,
+    GroupWriteOutcome, GroupWriteRequest, GroupWriter, HeartbeatReply, IsrChange, NewPartitions,
+    NewTopic, PartitionState, TopicRef,
 };
 use sluice_metadata::{ConfigResource, MetadataImage, MetadataLoader, Publisher, Uuid};
 use tokio::sync::watch;
@@ -31,6 +32,12 @@ use crate::errors::controller_error_from_code;
 use crate::kafka_client::{ClientError, KafkaClient};
 
 const CLIENT_ID: &str = "sluice-broker";
+
+/// Connections to the active controller kept for reuse. A controller
+/// connection carries one request at a time, so busy group coordinators
+/// (one offset commit per request) need many; fewer would mean a new
+/// connection and version handshake per commit under load.
+const MAX_IDLE_CONNECTIONS: usize = 64;
 
 /// The active controller, reached over the network.
 pub struct RemoteController {
@@ -93,7 +100,7 @@ impl RemoteController {
 
     fn give_back(&self, id: i32, client: KafkaClient) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < 8 {
+        if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push((id, client));
         }
     }
@@ -184,6 +191,28 @@ fn error_of(code: i16, message: Option<&StrBytes>) -> Option<ControllerError> {
 impl ControllerApi for RemoteController {
     fn active_controller_id(&self) -> Option<i32> {
         self.leader_hint()
+    }
+
+    fn write_group(
+        &self,
+        writer: GroupWriter,
+        write: GroupWrite,
+    ) -> BoxFuture<'_, Result<GroupWriteOutcome, ControllerError>> {
+        Box::pin(async move {
+            let request = EnvelopeRequest::default()
+                .with_request_data(Bytes::from(GroupWriteRequest { writer, write }.encode()))
+                .with_client_host_address(Bytes::new());
+            let response = self.call(request, |r| r.error_code).await?;
+            let data = response.response_data.unwrap_or_default();
+            if response.error_code != 0 {
+                // A refused write carries its reason as text.
+                let message = String::from_utf8_lossy(&data);
+                return Err(controller_error_from_code(response.error_code, &message));
+            }
+            GroupWriteOutcome::decode(&data).map_err(|e| {
+                ControllerError::Internal(format!("the controller's answer is not valid: {e}"))
+            })
+        })
     }
 
     fn create_topics(

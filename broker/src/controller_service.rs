@@ -14,6 +14,8 @@
 //!   controller serves these, so brokers keep learning while a leader is
 //!   being elected.
 //! - DescribeQuorum: the leader, its term and each voter's progress.
+//! - Envelope: a group coordinator's write to the metadata log (a
+//!   generation, committed offsets, a deletion), as JSON.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,9 +28,9 @@ use kafka_protocol::messages::{
     AllocateProducerIdsRequest, AllocateProducerIdsResponse, AlterPartitionRequest,
     AlterPartitionResponse, ApiKey, ApiVersionsRequest, ApiVersionsResponse,
     BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerId, BrokerRegistrationRequest,
-    BrokerRegistrationResponse, DescribeQuorumRequest, DescribeQuorumResponse, FetchRequest,
-    FetchResponse, FetchSnapshotRequest, FetchSnapshotResponse, RequestHeader, RequestKind,
-    ResponseKind,
+    BrokerRegistrationResponse, DescribeQuorumRequest, DescribeQuorumResponse, EnvelopeRequest,
+    EnvelopeResponse, FetchRequest, FetchResponse, FetchSnapshotRequest, FetchSnapshotResponse,
+    RequestHeader, RequestKind, ResponseKind,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::{
@@ -36,7 +38,8 @@ use kafka_protocol::records::{
 };
 use kafka_protocol::ResponseError;
 use sluice_metadata::controller_api::{
-    self as api, BoxFuture, ControllerApi, ControllerError, IsrChange, MetadataLogSource,
+    self as api, BoxFuture, ControllerApi, ControllerError, GroupWriteRequest, IsrChange,
+    MetadataLogSource,
 };
 use sluice_metadata::Endpoint;
 use tokio::net::tcp::OwnedReadHalf;
@@ -83,6 +86,7 @@ fn supported() -> Vec<(ApiKey, i16, i16)> {
         (ApiKey::DeleteTopics, 1, 6),
         (ApiKey::CreatePartitions, 0, 3),
         (ApiKey::IncrementalAlterConfigs, 0, 1),
+        range::<EnvelopeRequest>(ApiKey::Envelope),
     ]
 }
 
@@ -158,8 +162,38 @@ impl ControllerService {
             RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
                 configs::incremental_alter_configs_with(self.controller.as_ref(), r).await,
             ),
+            RequestKind::Envelope(r) => ResponseKind::Envelope(self.write_group(r).await),
             _ => anyhow::bail!("no handler for {api_key:?} on the controller listener"),
         })
+    }
+
+    /// A group coordinator's write, carried in an Envelope (see
+    /// [`GroupWriteRequest`]): the outcome as JSON, or an error code with
+    /// its reason as text.
+    async fn write_group(&self, r: EnvelopeRequest) -> EnvelopeResponse {
+        let refused = |e: &ControllerError| {
+            EnvelopeResponse::default()
+                .with_error_code(controller_error(e).code())
+                .with_response_data(Some(Bytes::from(e.to_string())))
+        };
+        let request = match GroupWriteRequest::decode(&r.request_data) {
+            Ok(request) => request,
+            Err(e) => {
+                return refused(&ControllerError::InvalidRequest(format!(
+                    "not a group write: {e}"
+                )))
+            }
+        };
+        match self
+            .controller
+            .write_group(request.writer, request.write)
+            .await
+        {
+            Ok(outcome) => {
+                EnvelopeResponse::default().with_response_data(Some(Bytes::from(outcome.encode())))
+            }
+            Err(e) => refused(&e),
+        }
     }
 
     async fn register(&self, r: BrokerRegistrationRequest) -> BrokerRegistrationResponse {
@@ -476,6 +510,7 @@ impl Service for ControllerService {
         header: &'a RequestHeader,
         api_key: ApiKey,
         body: Bytes,
+        _peer: SocketAddr,
     ) -> BoxFuture<'a, anyhow::Result<Reply>> {
         Box::pin(async move {
             let response = self

@@ -24,6 +24,11 @@ pub fn controller_error(e: &ControllerError) -> ResponseError {
         ControllerError::InvalidUpdateVersion(_) => ResponseError::InvalidUpdateVersion,
         ControllerError::IneligibleReplica(_) => ResponseError::IneligibleReplica,
         ControllerError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+        ControllerError::NotCoordinator(_) => ResponseError::NotCoordinator,
+        ControllerError::IllegalGeneration(_) => ResponseError::IllegalGeneration,
+        ControllerError::UnknownMemberId(_) => ResponseError::UnknownMemberId,
+        ControllerError::GroupIdNotFound(_) => ResponseError::GroupIdNotFound,
+        ControllerError::NonEmptyGroup(_) => ResponseError::NonEmptyGroup,
         ControllerError::Internal(_) => ResponseError::UnknownServerError,
     }
 }
@@ -68,6 +73,11 @@ pub fn controller_error_from_code(code: i16, message: &str) -> ControllerError {
         Some(ResponseError::InvalidUpdateVersion) => ControllerError::InvalidUpdateVersion(text),
         Some(ResponseError::IneligibleReplica) => ControllerError::IneligibleReplica(text),
         Some(ResponseError::NotLeaderOrFollower) => ControllerError::NotLeader(text),
+        Some(ResponseError::NotCoordinator) => ControllerError::NotCoordinator(text),
+        Some(ResponseError::IllegalGeneration) => ControllerError::IllegalGeneration(text),
+        Some(ResponseError::UnknownMemberId) => ControllerError::UnknownMemberId(text),
+        Some(ResponseError::GroupIdNotFound) => ControllerError::GroupIdNotFound(text),
+        Some(ResponseError::NonEmptyGroup) => ControllerError::NonEmptyGroup(text),
         other => ControllerError::Internal(format!(
             "controller error {}: {text}",
             other.map_or_else(|| code.to_string(), |e| format!("{e:?}"))

@@ -6,6 +6,7 @@ pub mod controller_client;
 pub mod controller_service;
 mod errors;
 pub mod fetcher;
+pub mod group;
 mod handlers;
 pub mod isr;
 pub mod kafka_client;
@@ -17,6 +18,7 @@ pub mod server;
 
 pub use config::BrokerConfig;
 pub use fetcher::start_replication;
+pub use group::{GroupConfig, GroupCoordinator};
 pub use handlers::Broker;
 pub use kafka_client::{ClientError, KafkaClient};
 pub use replica::ReplicaManager;

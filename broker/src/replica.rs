@@ -9,7 +9,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sluice_metadata::controller_api::{ControllerApi, ControllerError, IsrChange};
 use sluice_metadata::{MetadataDelta, MetadataImage, PartitionRegistration, Publisher, Uuid};
@@ -23,11 +22,7 @@ use crate::isr::{self, FollowerState, PendingIsr};
 /// directory left from a deleted topic of the same name is never reused.
 const PARTITION_METADATA: &str = "partition.metadata";
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use sluice_storage::wall_clock_ms as now_ms;
 
 /// A topic's log settings: the broker's defaults overridden by the topic's
 /// dynamic configs.

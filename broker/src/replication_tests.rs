@@ -16,8 +16,8 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_metadata::controller_api::{
     BoxFuture, BrokerHeartbeat, BrokerRegistrationRequest, ConfigChange, ControllerApi,
-    ControllerError, CreatedTopic, HeartbeatReply, IsrChange, NewPartitions, NewTopic,
-    PartitionState, TopicRef,
+    ControllerError, CreatedTopic, GroupWrite, GroupWriteOutcome, GroupWriter, HeartbeatReply,
+    IsrChange, NewPartitions, NewTopic, PartitionState, TopicRef,
 };
 use sluice_metadata::{
     encode_batch, BrokerRecord, ConfigRecord, ConfigResource, Endpoint, MetadataLoader,
@@ -121,6 +121,13 @@ impl ControllerApi for TestController {
         &self,
         _heartbeat: BrokerHeartbeat,
     ) -> BoxFuture<'_, Result<HeartbeatReply, ControllerError>> {
+        refuse()
+    }
+    fn write_group(
+        &self,
+        _writer: GroupWriter,
+        _write: GroupWrite,
+    ) -> BoxFuture<'_, Result<GroupWriteOutcome, ControllerError>> {
         refuse()
     }
     fn alter_partition(
@@ -277,6 +284,7 @@ async fn follower_replicates_and_truncates_after_a_leader_change() {
             config,
             replicas.clone(),
             controller.clone() as Arc<dyn ControllerApi>,
+            crate::GroupCoordinator::new(id, crate::GroupConfig::default()),
             address.port(),
         ));
         let (server_stop, server_stop_rx) = watch::channel(false);

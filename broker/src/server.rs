@@ -31,6 +31,7 @@ pub trait Service: Send + Sync + 'static {
         header: &'a RequestHeader,
         api_key: ApiKey,
         body: Bytes,
+        peer: SocketAddr,
     ) -> BoxFuture<'a, anyhow::Result<Reply>>;
     /// Takes over a connection that opened with [`STREAM_MAGIC`]; `None`
     /// when this service has no such streams (the connection is closed).
@@ -65,8 +66,9 @@ impl Service for Broker {
         header: &'a RequestHeader,
         api_key: ApiKey,
         body: Bytes,
+        peer: SocketAddr,
     ) -> BoxFuture<'a, anyhow::Result<Reply>> {
-        Box::pin(handlers::dispatch(self, header, api_key, body))
+        Box::pin(handlers::dispatch(self, header, api_key, body, peer))
     }
 }
 
@@ -227,7 +229,7 @@ async fn handle_frame<S: Service>(
         }
         let started = Instant::now();
         let reply = broker
-            .dispatch(&header, api_key, frame)
+            .dispatch(&header, api_key, frame, peer)
             .await
             .map_err(|e| {
                 ConnectionError::BadRequest(format!("{api_key:?} v{api_version} request: {e:#}"))

@@ -9,16 +9,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_metadata::controller_api::{
     BoxFuture, BrokerHeartbeat, BrokerRegistrationRequest, ConfigChange, ControllerApi,
-    ControllerError, CreatedTopic, HeartbeatReply, IsrChange, MetadataLogSource, NewPartitions,
-    NewTopic, PartitionState, QuorumDescription, ReplicaProgress, TopicRef,
+    ControllerError, CreatedTopic, GroupWrite, GroupWriteOutcome, GroupWriter, HeartbeatReply,
+    IsrChange, MetadataLogSource, NewPartitions, NewTopic, PartitionState, QuorumDescription,
+    ReplicaProgress, TopicRef,
 };
 use sluice_metadata::{
     encode_batch, ConfigResource, MetadataDelta, MetadataImage, MetadataLoader, MetadataRecord,
     Publisher, Uuid,
 };
+use sluice_storage::wall_clock_ms;
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tracing::{debug, error, info, warn};
 
+use crate::group_ops;
 use crate::lifecycle;
 use crate::ops::{self, OpResult, TopicDefaults};
 use crate::quorum::{
@@ -51,6 +54,11 @@ pub struct ControllerConfig {
     pub auto_leader_rebalance: bool,
     /// `leader.imbalance.check.interval.seconds`
     pub leader_imbalance_check_interval: Duration,
+    /// `offsets.retention.minutes`: how long committed offsets outlive
+    /// their commit, or their group's last member.
+    pub offsets_retention: Duration,
+    /// `offsets.retention.check.interval.ms`
+    pub offsets_retention_check_interval: Duration,
 }
 
 impl ControllerConfig {
@@ -69,6 +77,8 @@ impl ControllerConfig {
             unclean_leader_election: false,
             auto_leader_rebalance: true,
             leader_imbalance_check_interval: Duration::from_secs(300),
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+            offsets_retention_check_interval: Duration::from_secs(600),
         }
     }
 }
@@ -300,13 +310,22 @@ impl Controller {
             self.ensure_active().await?;
             return Ok(op(&self.image()).results);
         }
+        self.run_at(op).await.map(|(results, _offset)| results)
+    }
+
+    /// Like [`Self::run`], also returning the metadata log offset the
+    /// operation's records committed at (the latest offset when it wrote none).
+    async fn run_at<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&MetadataImage) -> OpResult<T> + Send + 'static,
+    ) -> Result<(T, u64), ControllerError> {
         let (reply, answer) = oneshot::channel();
         let queued: QueuedOp = Box::new(move |image| {
             let OpResult { records, results } = op(image);
             Planned {
                 records,
                 finish: Box::new(move |outcome| {
-                    let _ = reply.send(outcome.map(|()| results));
+                    let _ = reply.send(outcome.map(|offset| (results, offset)));
                 }),
             }
         });
@@ -359,7 +378,7 @@ impl Controller {
             finishes.push(planned.finish);
         }
         let outcome = if records.is_empty() {
-            Ok(())
+            Ok(image.offset)
         } else {
             self.commit(records).await
         };
@@ -368,8 +387,9 @@ impl Controller {
         }
     }
 
-    /// Proposes `records` as one entry and waits until it is applied.
-    async fn commit(&self, records: Vec<MetadataRecord>) -> Result<(), ControllerError> {
+    /// Proposes `records` as one entry and waits until it is applied;
+    /// returns the entry's offset.
+    async fn commit(&self, records: Vec<MetadataRecord>) -> Result<u64, ControllerError> {
         let data = encode_batch(&records);
         // No time limit on the proposal itself: the quorum answers every
         // proposal (committed, or failed when leadership is lost), and giving
@@ -389,7 +409,7 @@ impl Controller {
                 "metadata entry {index} committed but did not apply; see the log"
             )));
         }
-        Ok(())
+        Ok(index)
     }
 }
 
@@ -399,7 +419,8 @@ const MAX_OPS_PER_ENTRY: usize = 1000;
 /// An operation waiting for its turn: planned against an image, it yields
 /// its records and what to do once they are committed (or not).
 type QueuedOp = Box<dyn FnOnce(&MetadataImage) -> Planned + Send>;
-type Finish = Box<dyn FnOnce(Result<(), ControllerError>) + Send>;
+/// Told the offset the operation's entry committed at, or why it did not.
+type Finish = Box<dyn FnOnce(Result<u64, ControllerError>) + Send>;
 
 struct Planned {
     records: Vec<MetadataRecord>,
@@ -423,6 +444,7 @@ const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Ends when the controller is dropped.
 async fn run_active_duties(controller: std::sync::Weak<Controller>) {
     let mut next_rebalance = Instant::now();
+    let mut next_expiry = Instant::now();
     loop {
         tokio::time::sleep(SESSION_CHECK_INTERVAL).await;
         let Some(c) = controller.upgrade() else {
@@ -456,6 +478,22 @@ async fn run_active_duties(controller: std::sync::Weak<Controller>) {
                 Ok(0) => {}
                 Ok(moved) => info!(moved, "moved leaders back to preferred replicas"),
                 Err(e) => debug!(error = %e, "preferred leader election skipped"),
+            }
+        }
+        if Instant::now() >= next_expiry {
+            let interval = c.config.offsets_retention_check_interval;
+            next_expiry = Instant::now() + interval;
+            let retention = c.config.offsets_retention;
+            let expiry = c.run(false, move |image| {
+                group_ops::expire_groups(image, wall_clock_ms(), retention, interval)
+            });
+            match expiry.await {
+                Ok((0, 0)) => {}
+                Ok((offsets, groups)) => info!(
+                    offsets,
+                    groups, "expired committed offsets and empty groups"
+                ),
+                Err(e) => debug!(error = %e, "offset expiry skipped"),
             }
         }
     }
@@ -801,6 +839,19 @@ impl ControllerApi for Controller {
             })
             .await
             .unwrap_or_else(|e| vec![Err(e); count])
+        })
+    }
+
+    fn write_group(
+        &self,
+        writer: GroupWriter,
+        write: GroupWrite,
+    ) -> BoxFuture<'_, Result<GroupWriteOutcome, ControllerError>> {
+        Box::pin(async move {
+            let (outcome, log_offset) = self
+                .run_at(move |image| group_ops::write_group(image, writer, write, wall_clock_ms()))
+                .await?;
+            outcome.map(|o| GroupWriteOutcome { log_offset, ..o })
         })
     }
 }

@@ -3,6 +3,7 @@
 //! metadata records.
 
 mod controller;
+pub mod group_ops;
 pub mod lifecycle;
 pub mod ops;
 pub mod placement;

@@ -9,9 +9,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::records::{ConfigResource, Endpoint};
+use crate::records::{ConfigResource, Endpoint, GroupRecord, TopicOffsets};
 
 /// The first four bytes of a connection to a controller listener that
 /// carries Raft messages between controllers rather than Kafka requests. As
@@ -64,6 +65,18 @@ pub enum ControllerError {
     /// The sender is not the partition's leader.
     #[error("{0}")]
     NotLeader(String),
+    /// The sender does not coordinate the group (any more).
+    #[error("{0}")]
+    NotCoordinator(String),
+    /// The group's generation is not the one the write is based on.
+    #[error("{0}")]
+    IllegalGeneration(String),
+    #[error("{0}")]
+    UnknownMemberId(String),
+    #[error("{0}")]
+    GroupIdNotFound(String),
+    #[error("{0}")]
+    NonEmptyGroup(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -159,6 +172,94 @@ pub struct PartitionState {
 pub struct ConfigChange {
     pub name: String,
     pub value: Option<String>,
+}
+
+/// The broker writing a group's state: it must coordinate the group in the
+/// controller's image, under this registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupWriter {
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+}
+
+/// A change a group coordinator commits to the metadata log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupWrite {
+    /// A completed generation, or the empty group every member left.
+    /// Refused unless the committed generation is still
+    /// `expected_generation` (0: the group has none), so two coordinators
+    /// can never both move a group on.
+    Membership {
+        expected_generation: i32,
+        group: GroupRecord,
+    },
+    /// Offsets committed by a member of `generation`, or by a client
+    /// outside group management (generation -1).
+    CommitOffsets {
+        group_id: String,
+        generation: i32,
+        member_id: String,
+        offsets: Vec<TopicOffsets>,
+    },
+    /// Removes an empty group and all its offsets.
+    DeleteGroup { group_id: String },
+    DeleteOffsets {
+        group_id: String,
+        partitions: Vec<(String, i32)>,
+    },
+}
+
+impl GroupWrite {
+    pub fn group_id(&self) -> &str {
+        match self {
+            GroupWrite::Membership { group, .. } => &group.group_id,
+            GroupWrite::CommitOffsets { group_id, .. }
+            | GroupWrite::DeleteGroup { group_id }
+            | GroupWrite::DeleteOffsets { group_id, .. } => group_id,
+        }
+    }
+}
+
+/// A group write as a broker sends it to a remote controller, in an
+/// Envelope request on the controller listener: Kafka has no request for
+/// writing a group's state to the metadata log, so the payload is this, as
+/// JSON like the log's own records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupWriteRequest {
+    pub writer: GroupWriter,
+    pub write: GroupWrite,
+}
+
+impl GroupWriteRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data with string keys always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+impl GroupWriteOutcome {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// A committed group write.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupWriteOutcome {
+    /// The metadata log entry the write committed in (or the latest entry,
+    /// when there was nothing to write). An image this far along shows it.
+    pub log_offset: u64,
+    /// Partitions of a CommitOffsets that were not committed because the
+    /// topic or partition does not exist.
+    pub unknown_partitions: Vec<(String, i32)>,
 }
 
 /// Committed metadata entries as a controller serves them to brokers that
@@ -258,4 +359,11 @@ pub trait ControllerApi: Send + Sync {
         broker_epoch: i64,
         changes: Vec<IsrChange>,
     ) -> BoxFuture<'_, Vec<Result<PartitionState, ControllerError>>>;
+
+    /// Commits a change to a consumer group on behalf of its coordinator.
+    fn write_group(
+        &self,
+        writer: GroupWriter,
+        write: GroupWrite,
+    ) -> BoxFuture<'_, Result<GroupWriteOutcome, ControllerError>>;
 }

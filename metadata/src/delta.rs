@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::groups::GroupChanges;
 use crate::image::{BrokerRegistration, MetadataImage, PartitionRegistration, TopicImage};
 use crate::records::{ConfigResource, MetadataRecord};
 
@@ -28,6 +29,7 @@ pub struct MetadataDelta {
     brokers: BTreeMap<i32, BrokerRegistration>,
     configs: BTreeMap<ConfigResource, BTreeMap<String, Option<String>>>,
     next_producer_id: Option<i64>,
+    groups: GroupChanges,
     /// Set when this delta loads a snapshot: everything the snapshot lacks goes.
     replaces_base: bool,
 }
@@ -49,6 +51,7 @@ impl MetadataDelta {
             brokers: BTreeMap::new(),
             configs: BTreeMap::new(),
             next_producer_id: None,
+            groups: GroupChanges::default(),
             replaces_base: false,
         }
     }
@@ -71,6 +74,15 @@ impl MetadataDelta {
             && self.brokers.is_empty()
             && self.configs.is_empty()
             && self.next_producer_id.is_none()
+            && self.groups.changed.is_empty()
+    }
+
+    /// Groups this delta changed: `None` for one it removed.
+    pub fn changed_groups(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.groups
+            .changed
+            .iter()
+            .map(|(id, g)| (id.as_str(), g.is_some()))
     }
 
     fn current_topic(&self, id: &Uuid) -> Option<TopicImage> {
@@ -151,6 +163,8 @@ impl MetadataDelta {
                     .current_topic(&r.topic_id)
                     .ok_or(ReplayError::UnknownTopicId(r.topic_id))?;
                 // The topic's dynamic configs go with it.
+                let base = (!self.replaces_base).then_some(&*self.base);
+                self.groups.remove_topic(base, &topic.name);
                 let resource = ConfigResource::Topic(topic.name);
                 let mut names: Vec<String> = match self.base.configs.get(&resource) {
                     Some(entries) if !self.replaces_base => entries.keys().cloned().collect(),
@@ -172,6 +186,13 @@ impl MetadataDelta {
             MetadataRecord::ProducerIds(p) => {
                 let current = self.next_producer_id.unwrap_or(self.base.next_producer_id);
                 self.next_producer_id = Some(current.max(p.next_producer_id));
+            }
+            MetadataRecord::Group(_)
+            | MetadataRecord::RemoveGroup(_)
+            | MetadataRecord::Offsets(_)
+            | MetadataRecord::RemoveOffsets(_) => {
+                let base = (!self.replaces_base).then_some(&*self.base);
+                self.groups.replay(base, record);
             }
         }
         Ok(())
@@ -284,6 +305,7 @@ impl MetadataDelta {
             topic_ids_by_name,
             configs,
             next_producer_id: self.next_producer_id.unwrap_or(start.next_producer_id),
+            groups: self.groups.apply(&base.groups, self.replaces_base),
         })
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::groups::{group_coordinator, GroupImage};
 use crate::records::{
     BrokerRecord, ConfigRecord, ConfigResource, Endpoint, MetadataRecord, PartitionRecord,
     ProducerIdsRecord, TopicRecord,
@@ -23,6 +24,8 @@ pub struct MetadataImage {
     pub configs: Arc<BTreeMap<ConfigResource, BTreeMap<String, String>>>,
     /// The first producer id not yet handed out.
     pub next_producer_id: i64,
+    /// Consumer groups by id: membership and committed offsets.
+    pub groups: Arc<BTreeMap<String, Arc<GroupImage>>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +83,11 @@ impl MetadataImage {
         self.configs.get(&ConfigResource::Topic(topic.to_string()))
     }
 
+    /// The broker that coordinates `group_id`, if any broker is unfenced.
+    pub fn group_coordinator(&self, group_id: &str) -> Option<i32> {
+        group_coordinator(self.brokers.values(), group_id)
+    }
+
     /// The records that rebuild this image from nothing: the content of a snapshot.
     pub fn to_records(&self) -> Vec<MetadataRecord> {
         let mut records = Vec::new();
@@ -124,6 +132,9 @@ impl MetadataImage {
                 broker_id: -1,
                 next_producer_id: self.next_producer_id,
             }));
+        }
+        for group in self.groups.values() {
+            group.to_records(&mut records);
         }
         records
     }

@@ -8,17 +8,20 @@
 pub mod configs;
 pub mod controller_api;
 mod delta;
+mod groups;
 mod image;
 pub mod loader;
 mod records;
 
 pub use delta::{LocalChanges, MetadataDelta, ReplayError};
+pub use groups::{group_coordinator, CommittedOffset, GroupImage};
 pub use image::{BrokerRegistration, MetadataImage, PartitionRegistration, TopicImage};
 pub use loader::{LoadError, MetadataLoader, Publisher};
 pub use records::{
     decode_batch, encode_batch, BrokerRecord, ConfigRecord, ConfigResource, Endpoint,
-    MetadataRecord, PartitionRecord, ProducerIdsRecord, RecordDecodeError, RemoveTopicRecord,
-    TopicRecord,
+    GroupMemberRecord, GroupRecord, MetadataRecord, OffsetCommitRecord, PartitionOffset,
+    PartitionRecord, ProducerIdsRecord, RecordDecodeError, RemoveGroupRecord, RemoveOffsetsRecord,
+    RemoveTopicRecord, TopicOffsets, TopicRecord,
 };
 pub use uuid::Uuid;
 

@@ -20,6 +20,10 @@ pub enum MetadataRecord {
     RemoveTopic(RemoveTopicRecord),
     Config(ConfigRecord),
     ProducerIds(ProducerIdsRecord),
+    Group(GroupRecord),
+    RemoveGroup(RemoveGroupRecord),
+    Offsets(OffsetCommitRecord),
+    RemoveOffsets(RemoveOffsetsRecord),
 }
 
 /// A broker announced itself (or came back with a new incarnation).
@@ -91,6 +95,107 @@ pub struct ProducerIdsRecord {
     pub next_producer_id: i64,
 }
 
+/// A consumer group's membership as its coordinator last committed it: a
+/// completed generation, or the empty group left when every member has gone.
+/// A later record for the same group replaces the earlier one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub group_id: String,
+    pub generation: i32,
+    #[serde(default)]
+    pub protocol_type: Option<String>,
+    /// The protocol (assignor) chosen for this generation.
+    #[serde(default)]
+    pub protocol_name: Option<String>,
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// When the group entered its current state (ms since the epoch); an
+    /// empty group's offsets expire counting from here.
+    pub state_timestamp: i64,
+    pub members: Vec<GroupMemberRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMemberRecord {
+    pub member_id: String,
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    /// The member's metadata for the chosen protocol (its subscription).
+    #[serde(with = "base64_bytes")]
+    pub subscription: Vec<u8>,
+    /// What the leader assigned this member.
+    #[serde(with = "base64_bytes")]
+    pub assignment: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveGroupRecord {
+    pub group_id: String,
+}
+
+/// Offsets committed for a group at one time. Only the latest offset of
+/// each partition is kept; a snapshot holds nothing older.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetCommitRecord {
+    pub group_id: String,
+    /// ms since the epoch.
+    pub commit_timestamp: i64,
+    pub topics: Vec<TopicOffsets>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicOffsets {
+    pub topic: String,
+    pub partitions: Vec<PartitionOffset>,
+}
+
+/// Compact on purpose: one is written per partition per commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    pub partition: i32,
+    pub offset: i64,
+    #[serde(default = "no_epoch", skip_serializing_if = "is_no_epoch")]
+    pub leader_epoch: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+}
+
+fn no_epoch() -> i32 {
+    -1
+}
+
+fn is_no_epoch(epoch: &i32) -> bool {
+    *epoch == -1
+}
+
+/// Removes committed offsets: OffsetDelete, or offsets past their retention.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveOffsetsRecord {
+    pub group_id: String,
+    pub partitions: Vec<(String, i32)>,
+}
+
+/// Opaque bytes (member subscriptions and assignments) as base64 strings,
+/// a third the size of JSON's array of numbers.
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Serialize)]
 struct BatchOut<'a> {
     v: u8,
@@ -149,6 +254,48 @@ mod tests {
         ];
         let bytes = encode_batch(&records);
         assert_eq!(decode_batch(&bytes).unwrap(), records);
+    }
+
+    #[test]
+    fn group_records_round_trip_and_stay_compact() {
+        let records = vec![
+            MetadataRecord::Group(GroupRecord {
+                group_id: "g".into(),
+                generation: 3,
+                protocol_type: Some("consumer".into()),
+                protocol_name: Some("range".into()),
+                leader: Some("m-1".into()),
+                state_timestamp: 1_700_000_000_000,
+                members: vec![GroupMemberRecord {
+                    member_id: "m-1".into(),
+                    group_instance_id: None,
+                    client_id: "c".into(),
+                    client_host: "/127.0.0.1".into(),
+                    session_timeout_ms: 45_000,
+                    rebalance_timeout_ms: 300_000,
+                    subscription: vec![0, 1, 255],
+                    assignment: vec![],
+                }],
+            }),
+            MetadataRecord::Offsets(OffsetCommitRecord {
+                group_id: "g".into(),
+                commit_timestamp: 1,
+                topics: vec![TopicOffsets {
+                    topic: "t".into(),
+                    partitions: vec![PartitionOffset {
+                        partition: 0,
+                        offset: 42,
+                        leader_epoch: -1,
+                        metadata: None,
+                    }],
+                }],
+            }),
+        ];
+        let bytes = encode_batch(&records);
+        assert_eq!(decode_batch(&bytes).unwrap(), records);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains(r#"{"partition":0,"offset":42}"#), "{text}");
+        assert!(text.contains(r#""subscription":"AAH/""#), "{text}");
     }
 
     #[test]

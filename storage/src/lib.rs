@@ -14,7 +14,7 @@ pub mod producer_state;
 pub mod segment;
 
 pub use error::StorageError;
-pub use log::{AppendInfo, LogConfig, PartitionLog, ReadResult};
+pub use log::{wall_clock_ms, AppendInfo, LogConfig, PartitionLog, ReadResult};
 
 #[cfg(feature = "raft-store")]
 pub mod raft_store;

@@ -35,7 +35,7 @@ const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
 const TMP_SUFFIX: &str = ".tmp";
 
 /// Milliseconds since the Unix epoch, by the system clock.
-pub(crate) fn wall_clock_ms() -> i64 {
+pub fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

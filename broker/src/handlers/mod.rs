@@ -4,10 +4,12 @@
 pub(crate) mod admin;
 pub(crate) mod configs;
 mod fetch;
+mod groups;
 mod metadata;
 mod offsets;
 mod produce;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use sluice_metadata::controller_api::ControllerApi;
 use tokio::sync::Mutex;
 
 use crate::config::BrokerConfig;
+use crate::group::GroupCoordinator;
 use crate::replica::ReplicaManager;
 
 /// What a handler produces: a response, or nothing (produce with acks=0).
@@ -34,6 +37,8 @@ pub struct Broker {
     pub config: BrokerConfig,
     pub replicas: Arc<ReplicaManager>,
     pub controller: Arc<dyn ControllerApi>,
+    /// The consumer groups this broker coordinates.
+    pub groups: Arc<GroupCoordinator>,
     /// The port the Kafka listener actually bound.
     pub bound_port: u16,
     producer_ids: Mutex<ProducerIdBlock>,
@@ -53,12 +58,14 @@ impl Broker {
         config: BrokerConfig,
         replicas: Arc<ReplicaManager>,
         controller: Arc<dyn ControllerApi>,
+        groups: Arc<GroupCoordinator>,
         bound_port: u16,
     ) -> Self {
         Self {
             config,
             replicas,
             controller,
+            groups,
             bound_port,
             producer_ids: Mutex::new(ProducerIdBlock::default()),
         }
@@ -121,6 +128,17 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The lowest Produce version this broker can decode (record batch v2).
@@ -165,6 +183,7 @@ pub async fn dispatch(
     header: &RequestHeader,
     api_key: ApiKey,
     mut body: Bytes,
+    peer: SocketAddr,
 ) -> anyhow::Result<Reply> {
     let version = header.request_api_version;
     let request = RequestKind::decode(api_key, &mut body, version)?;
@@ -212,6 +231,38 @@ pub async fn dispatch(
         ),
         RequestKind::AlterConfigs(r) => {
             ResponseKind::AlterConfigs(configs::alter_configs(broker, r).await)
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(broker, r, version))
+        }
+        RequestKind::JoinGroup(r) => {
+            let client_id = header.client_id.as_deref().unwrap_or_default();
+            ResponseKind::JoinGroup(groups::join_group(broker, r, version, client_id, peer).await)
+        }
+        RequestKind::SyncGroup(r) => {
+            ResponseKind::SyncGroup(groups::sync_group(broker, r, version).await)
+        }
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(broker, r)),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(groups::leave_group(broker, r, version))
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(broker, r, version).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(broker, r, version).await)
+        }
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(groups::list_groups(broker, r, version))
+        }
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(broker, r, version))
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(broker, r).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(broker, r).await)
         }
         _ => anyhow::bail!("no handler for {api_key:?}"),
     };
