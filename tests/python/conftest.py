@@ -72,13 +72,49 @@ class Server:
     def restart(self):
         self._launch()
 
+    def log_tail(self, lines=80):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
 
-@pytest.fixture
-def server():
-    s = Server()
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # Fixtures look at the outcome to print what helps after a failure.
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+
+
+def failed(request):
+    report = getattr(request.node, "rep_call", None)
+    return report is None or report.failed
+
+
+def run_server(request, extra=()):
+    s = Server(extra=extra)
     yield s
+    if failed(request):
+        print(f"--- tail of {s.log_path} ---\n{s.log_tail()}")
     s.kill9()
     s.dir.cleanup()
+
+
+@pytest.fixture
+def server(request):
+    yield from run_server(request)
+
+
+@pytest.fixture
+def group_server(request):
+    # Kafka delays a new group's first rebalance by 3 s to gather members;
+    # the tests skip that wait. A test adds settings of its own with
+    # @pytest.mark.server_settings("key=value", ...).
+    marker = request.node.get_closest_marker("server_settings")
+    extra = ["group.initial.rebalance.delay.ms=0", *(marker.args if marker else ())]
+    yield from run_server(request, extra=extra)
 
 
 def wait_for(condition, timeout=30.0, what="condition"):
