@@ -218,12 +218,24 @@ async fn active_controller_failover_keeps_metadata() {
             "3",
         ],
     );
-    let topics = topic_list(&mut cluster);
-    for name in ["before", "after", "while-down-0", "while-down-29", "last"] {
+    // Brokers learn of "last" by following the log, which means finding the
+    // new leader after the kill: the listing converges, it is not immediate.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let topics = topic_list(&mut cluster);
+        let missing: Vec<&str> = ["before", "after", "while-down-0", "while-down-29", "last"]
+            .into_iter()
+            .filter(|name| !topics.lines().any(|l| l.trim() == *name))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            topics.lines().any(|l| l.trim() == name),
-            "{name} missing from:\n{topics}"
+            Instant::now() < deadline,
+            "{missing:?} missing from:\n{topics}\n{}",
+            cluster.logs()
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
