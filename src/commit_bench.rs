@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use kafka_protocol::ResponseError;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -28,11 +29,18 @@ pub struct CommitBenchArgs {
     /// Seconds each phase runs.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// A controller's address (host:port), to count the metadata log
-    /// entries the commits took.
+    /// Controller addresses (host:port, comma-separated), to count the
+    /// metadata log entries the commits took; the active one answers.
     #[arg(long)]
     controller: Option<String>,
+    /// Groups that hold one committed offset and do nothing else, created
+    /// before the run: how commit speed holds up as a cluster's groups add up.
+    #[arg(long, default_value_t = 0)]
+    idle_groups: usize,
 }
+
+/// Connections creating the idle groups at once.
+const IDLE_GROUP_WRITERS: usize = 32;
 
 /// One phase's result: offsets handled, and each request's latency in ms.
 struct Phase {
@@ -60,6 +68,9 @@ pub async fn run(args: CommitBenchArgs) -> Result<()> {
         "sluice bench commits: {} groups x {} partitions, synchronous commits, {} s per phase",
         args.groups, args.partitions, args.seconds
     );
+    if args.idle_groups > 0 {
+        create_idle_groups(&args.bootstrap_server, &topic, args.idle_groups).await?;
+    }
     let entries_before = log_end(&args).await;
     let bench_args = args.clone();
     let (baseline, commits) = tokio::task::spawn_blocking(move || -> Result<(Phase, Phase)> {
@@ -125,6 +136,50 @@ pub async fn run(args: CommitBenchArgs) -> Result<()> {
             commits.offsets as f64 / entries.max(1) as f64
         );
     }
+    Ok(())
+}
+
+/// Commits one offset for each of `count` new groups, from
+/// IDLE_GROUP_WRITERS connections at once.
+async fn create_idle_groups(bootstrap: &str, topic: &str, count: usize) -> Result<()> {
+    let started = Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..IDLE_GROUP_WRITERS.min(count) {
+        let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+        writers.spawn(async move {
+            let mut cluster = crate::groups::Cluster::connect(&bootstrap).await?;
+            let offsets = [((topic.clone(), 0), 0)].into_iter().collect();
+            for g in (writer..count).step_by(IDLE_GROUP_WRITERS) {
+                let group = format!("{topic}-idle-{g}");
+                // The group's coordinator may not have learned of the new
+                // topic yet: it answers UNKNOWN_TOPIC_OR_PARTITION meanwhile.
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    let refused =
+                        crate::groups::commit_as_admin(&mut cluster, &group, &offsets).await?;
+                    if refused.is_empty() {
+                        break;
+                    }
+                    let unknown_topic = ResponseError::UnknownTopicOrPartition.code();
+                    anyhow::ensure!(
+                        refused.keys().all(|&code| code == unknown_topic)
+                            && Instant::now() < deadline,
+                        "group {group}: commit refused: {refused:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.context("an idle-group writer panicked")??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "created {count} idle groups in {seconds:.1} s ({:.0} groups/s)",
+        count as f64 / seconds
+    );
     Ok(())
 }
 
@@ -220,8 +275,13 @@ fn run_phase<E: std::fmt::Display>(
 
 /// The metadata log's high watermark, when a controller was named.
 async fn log_end(args: &CommitBenchArgs) -> Option<i64> {
-    let controller = args.controller.clone()?;
-    let quorum = crate::cluster::describe_quorum(&[controller]).await?;
+    let controllers: Vec<String> = args
+        .controller
+        .as_deref()?
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .collect();
+    let quorum = crate::cluster::describe_quorum(&controllers).await?;
     quorum
         .topics
         .first()?

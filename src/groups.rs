@@ -129,7 +129,7 @@ pub async fn run(bootstrap: &str, command: GroupsCommand) -> Result<()> {
     }
 }
 
-type Partition = (String, i32);
+pub(crate) type Partition = (String, i32);
 
 fn group_id(text: &str) -> GroupId {
     GroupId(StrBytes::from_string(text.to_string()))
@@ -154,7 +154,7 @@ fn is_coordinator_error(code: i16) -> bool {
 
 /// Connections to the cluster: the bootstrap server, and each broker by id
 /// as it is needed.
-struct Cluster {
+pub(crate) struct Cluster {
     bootstrap: KafkaClient,
     /// Broker id -> host:port, from Metadata and FindCoordinator answers.
     brokers: BTreeMap<i32, String>,
@@ -165,7 +165,7 @@ struct Cluster {
 
 impl Cluster {
     /// Connects to the first of the comma-separated bootstrap servers that answers.
-    async fn connect(bootstrap: &str) -> Result<Self> {
+    pub(crate) async fn connect(bootstrap: &str) -> Result<Self> {
         let mut errors = Vec::new();
         for address in bootstrap
             .split(',')
@@ -1193,8 +1193,53 @@ async fn reset_offsets(cluster: &mut Cluster, args: ResetArgs) -> Result<()> {
         println!("Dry run: nothing committed. Add --execute to commit these offsets.");
         return Ok(());
     }
+    let errors = commit_as_admin(cluster, group, &plan).await?;
+    if errors.is_empty() {
+        println!(
+            "Committed new offsets for {} partition(s) of group '{group}'.",
+            plan.len()
+        );
+        return Ok(());
+    }
+    let refused_for_members = [
+        ResponseError::UnknownMemberId,
+        ResponseError::IllegalGeneration,
+        ResponseError::RebalanceInProgress,
+        ResponseError::FencedInstanceId,
+        ResponseError::StaleMemberEpoch,
+    ];
+    for (code, partitions) in &errors {
+        let name = error_name(*code);
+        let why = if refused_for_members.iter().any(|e| e.code() == *code) {
+            format!(
+                "the coordinator refused the commit ({name}): group '{group}' has active \
+                 members; stop its consumers first"
+            )
+        } else {
+            match ResponseError::try_from_code(*code) {
+                Some(e) => format!("{name}: {e}"),
+                None => name,
+            }
+        };
+        eprintln!("Error: {why} [{}]", partitions.join(", "));
+    }
+    bail!(
+        "offsets of {} partition(s) of group '{group}' were not committed",
+        errors.values().map(Vec::len).sum::<usize>()
+    )
+}
+
+/// Commits `offsets` for `group` from outside any generation (generation -1,
+/// no member id), as an admin tool does; the coordinator accepts that only
+/// while the group has no members. Returns the partitions it refused, by
+/// error code.
+pub(crate) async fn commit_as_admin(
+    cluster: &mut Cluster,
+    group: &str,
+    offsets: &BTreeMap<Partition, i64>,
+) -> Result<BTreeMap<i16, Vec<String>>> {
     let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-    for ((t, p), offset) in &plan {
+    for ((t, p), offset) in offsets {
         topics.entry(t.as_str()).or_default().push(
             OffsetCommitRequestPartition::default()
                 .with_partition_index(*p)
@@ -1242,39 +1287,7 @@ async fn reset_offsets(cluster: &mut Cluster, args: ResetArgs) -> Result<()> {
             }
         }
     }
-    if errors.is_empty() {
-        println!(
-            "Committed new offsets for {} partition(s) of group '{group}'.",
-            plan.len()
-        );
-        return Ok(());
-    }
-    let refused_for_members = [
-        ResponseError::UnknownMemberId,
-        ResponseError::IllegalGeneration,
-        ResponseError::RebalanceInProgress,
-        ResponseError::FencedInstanceId,
-        ResponseError::StaleMemberEpoch,
-    ];
-    for (code, partitions) in &errors {
-        let name = error_name(*code);
-        let why = if refused_for_members.iter().any(|e| e.code() == *code) {
-            format!(
-                "the coordinator refused the commit ({name}): group '{group}' has active \
-                 members; stop its consumers first"
-            )
-        } else {
-            match ResponseError::try_from_code(*code) {
-                Some(e) => format!("{name}: {e}"),
-                None => name,
-            }
-        };
-        eprintln!("Error: {why} [{}]", partitions.join(", "));
-    }
-    bail!(
-        "offsets of {} partition(s) of group '{group}' were not committed",
-        errors.values().map(Vec::len).sum::<usize>()
-    )
+    Ok(errors)
 }
 
 #[cfg(test)]

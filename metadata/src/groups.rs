@@ -11,6 +11,11 @@ use crate::records::{
     TopicOffsets,
 };
 
+/// Every group of an image by id. A persistent map: images share it, and the
+/// next image copies only what its delta changed, so a commit costs the same
+/// with ten groups or ten thousand.
+pub type GroupMap = imbl::OrdMap<String, Arc<GroupImage>>;
+
 /// One group as the metadata log knows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupImage {
@@ -194,18 +199,13 @@ impl GroupChanges {
         }
     }
 
-    pub fn apply(
-        &self,
-        start: &Arc<BTreeMap<String, Arc<GroupImage>>>,
-        replaces_base: bool,
-    ) -> Arc<BTreeMap<String, Arc<GroupImage>>> {
-        if self.changed.is_empty() && !replaces_base {
-            return start.clone();
-        }
+    pub fn apply(&self, start: &GroupMap, replaces_base: bool) -> GroupMap {
+        // Cloning the persistent map shares it; each change copies only the
+        // path to its group, so a delta costs O(changes x log groups).
         let mut groups = if replaces_base {
-            BTreeMap::new()
+            GroupMap::new()
         } else {
-            (**start).clone()
+            start.clone()
         };
         for (id, group) in &self.changed {
             match group {
@@ -213,7 +213,7 @@ impl GroupChanges {
                 None => groups.remove(id),
             };
         }
-        Arc::new(groups)
+        groups
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::groups::{group_coordinator, GroupImage};
+use crate::groups::{group_coordinator, GroupMap};
 use crate::records::{
     BrokerRecord, ConfigRecord, ConfigResource, Endpoint, MetadataRecord, PartitionRecord,
     ProducerIdsRecord, TopicRecord,
@@ -25,7 +25,7 @@ pub struct MetadataImage {
     /// The first producer id not yet handed out.
     pub next_producer_id: i64,
     /// Consumer groups by id: membership and committed offsets.
-    pub groups: Arc<BTreeMap<String, Arc<GroupImage>>>,
+    pub groups: GroupMap,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

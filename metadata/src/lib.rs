@@ -14,7 +14,7 @@ pub mod loader;
 mod records;
 
 pub use delta::{LocalChanges, MetadataDelta, ReplayError};
-pub use groups::{group_coordinator, CommittedOffset, GroupImage};
+pub use groups::{group_coordinator, CommittedOffset, GroupImage, GroupMap};
 pub use image::{BrokerRegistration, MetadataImage, PartitionRegistration, TopicImage};
 pub use loader::{LoadError, MetadataLoader, Publisher};
 pub use records::{
