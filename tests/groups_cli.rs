@@ -1,6 +1,6 @@
 //! The `sluice groups` commands against running servers, with librdkafka
 //! consumer groups: list, describe (members, assignments, offsets, lag),
-//! reset-offsets and delete.
+//! reset-offsets and delete; and `sluice bench commits`, which makes groups.
 
 mod common;
 
@@ -749,4 +749,53 @@ fn groups_across_a_cluster() {
         moved.values().all(|o| *o == triple("3", "3", "0")),
         "{described}"
     );
+}
+
+/// `sluice bench commits` runs end to end (its figures are not judged here):
+/// the idle groups and the benchmark's own groups exist afterwards, with
+/// their offsets.
+#[test]
+fn the_commit_benchmark_runs_and_leaves_its_groups() {
+    let server = Server::start();
+    let bootstrap = server.bootstrap();
+    let out = Command::new(BIN)
+        .args(["bench", "commits", "-b", &bootstrap])
+        .args(["--groups", "2", "--partitions", "3", "--seconds", "1"])
+        .args(["--idle-groups", "40"])
+        .output()
+        .expect("running sluice bench commits");
+    let report = ok(out);
+    for line in [
+        "created 40 idle groups",
+        "baseline: OffsetFetch",
+        "OffsetCommit (metadata log)",
+        "committed offsets per second",
+    ] {
+        assert!(report.contains(line), "{line:?} missing from:\n{report}");
+    }
+    let list = ok(groups(&bootstrap, &["list"]));
+    let bench_groups: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|g| g.starts_with("sluice-commit-bench-"))
+        .collect();
+    assert_eq!(
+        bench_groups.iter().filter(|g| g.contains("-idle-")).count(),
+        40,
+        "{list}"
+    );
+    assert_eq!(
+        bench_groups
+            .iter()
+            .filter(|g| g.contains("-group-"))
+            .count(),
+        2,
+        "{list}"
+    );
+    let idle = bench_groups
+        .iter()
+        .find(|g| g.contains("-idle-"))
+        .expect("an idle group");
+    let described = ok(groups(&bootstrap, &["describe", idle]));
+    assert!(described.contains(idle), "{described}");
 }
