@@ -77,7 +77,8 @@ impl MetadataDelta {
             && self.groups.changed.is_empty()
     }
 
-    /// Groups this delta changed: `None` for one it removed.
+    /// Groups this delta changed, each with whether it still exists (false:
+    /// removed).
     pub fn changed_groups(&self) -> impl Iterator<Item = (&str, bool)> {
         self.groups
             .changed

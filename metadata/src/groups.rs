@@ -22,7 +22,8 @@ pub struct GroupImage {
     pub group_id: String,
     /// The last committed generation; `None` for a group that only has
     /// offsets, committed by clients that assign partitions themselves.
-    pub membership: Option<GroupRecord>,
+    /// Shared, so an offset commit does not copy the members.
+    pub membership: Option<Arc<GroupRecord>>,
     /// Committed offsets by topic, then partition. Each topic's map is
     /// shared between images until a commit touches it.
     pub offsets: BTreeMap<String, Arc<BTreeMap<i32, CommittedOffset>>>,
@@ -61,7 +62,7 @@ impl GroupImage {
     /// offsets, one record per distinct commit time.
     pub fn to_records(&self, records: &mut Vec<MetadataRecord>) {
         if let Some(membership) = &self.membership {
-            records.push(MetadataRecord::Group(membership.clone()));
+            records.push(MetadataRecord::Group((**membership).clone()));
         }
         let mut by_time: BTreeMap<i64, BTreeMap<&str, Vec<PartitionOffset>>> = BTreeMap::new();
         for (topic, partitions) in &self.offsets {
@@ -123,27 +124,28 @@ impl GroupImage {
     }
 }
 
-/// The group changes of one delta; `None` marks a removed group.
+/// The group changes of one delta; `None` marks a removed group. Groups
+/// are shared with the base image until a record changes them.
 #[derive(Debug, Default)]
 pub(crate) struct GroupChanges {
-    pub changed: BTreeMap<String, Option<GroupImage>>,
+    pub changed: BTreeMap<String, Option<Arc<GroupImage>>>,
 }
 
 impl GroupChanges {
     /// The group as this delta leaves it so far.
-    fn current(&self, base: Option<&MetadataImage>, group_id: &str) -> Option<GroupImage> {
+    fn current(&self, base: Option<&MetadataImage>, group_id: &str) -> Option<Arc<GroupImage>> {
         match self.changed.get(group_id) {
             Some(changed) => changed.clone(),
-            None => base
-                .and_then(|b| b.groups.get(group_id))
-                .map(|g| (**g).clone()),
+            None => base.and_then(|b| b.groups.get(group_id)).cloned(),
         }
     }
 
-    fn current_or_new(&self, base: Option<&MetadataImage>, group_id: &str) -> GroupImage {
-        self.current(base, group_id).unwrap_or_else(|| GroupImage {
-            group_id: group_id.to_string(),
-            ..GroupImage::default()
+    fn current_or_new(&self, base: Option<&MetadataImage>, group_id: &str) -> Arc<GroupImage> {
+        self.current(base, group_id).unwrap_or_else(|| {
+            Arc::new(GroupImage {
+                group_id: group_id.to_string(),
+                ..GroupImage::default()
+            })
         })
     }
 
@@ -153,7 +155,7 @@ impl GroupChanges {
         match record {
             MetadataRecord::Group(r) => {
                 let mut group = self.current_or_new(base, &r.group_id);
-                group.membership = Some(r.clone());
+                Arc::make_mut(&mut group).membership = Some(Arc::new(r.clone()));
                 self.changed.insert(r.group_id.clone(), Some(group));
             }
             MetadataRecord::RemoveGroup(r) => {
@@ -161,12 +163,12 @@ impl GroupChanges {
             }
             MetadataRecord::Offsets(r) => {
                 let mut group = self.current_or_new(base, &r.group_id);
-                group.commit(r);
+                Arc::make_mut(&mut group).commit(r);
                 self.changed.insert(r.group_id.clone(), Some(group));
             }
             MetadataRecord::RemoveOffsets(r) => {
                 if let Some(mut group) = self.current(base, &r.group_id) {
-                    group.remove_offsets(r);
+                    Arc::make_mut(&mut group).remove_offsets(r);
                     self.changed.insert(r.group_id.clone(), Some(group));
                 }
             }
@@ -193,7 +195,7 @@ impl GroupChanges {
         }
         for group_id in holders {
             if let Some(mut group) = self.current(base, &group_id) {
-                group.offsets.remove(topic);
+                Arc::make_mut(&mut group).offsets.remove(topic);
                 self.changed.insert(group_id, Some(group));
             }
         }
@@ -209,7 +211,7 @@ impl GroupChanges {
         };
         for (id, group) in &self.changed {
             match group {
-                Some(group) => groups.insert(id.clone(), Arc::new(group.clone())),
+                Some(group) => groups.insert(id.clone(), group.clone()),
                 None => groups.remove(id),
             };
         }
