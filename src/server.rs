@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use sluice_broker::controller_client::{follow_metadata_log, RemoteController};
 use sluice_broker::controller_service::{ControllerService, StreamAcceptor};
-use sluice_broker::lifecycle::BrokerLifecycle;
+use sluice_broker::lifecycle::{BrokerLifecycle, ImageWatch};
 use sluice_broker::{server, Broker, BrokerConfig, GroupConfig, GroupCoordinator, ReplicaManager};
 use sluice_controller::quorum::serve_peer_stream;
 use sluice_controller::{Controller, ControllerConfig, TopicDefaults};
@@ -67,6 +67,7 @@ fn cluster_id_for(voters: &[Voter]) -> String {
 }
 
 pub async fn run(settings: Settings) -> Result<()> {
+    raise_open_file_limit();
     let roles = parse_roles(settings.get("process.roles"))?;
     let node_id: i32 = settings.parse("node.id")?;
     let voters = parse_voters(settings.get("controller.quorum.voters"))?;
@@ -140,11 +141,16 @@ pub async fn run(settings: Settings) -> Result<()> {
         _ => Vec::new(),
     };
 
+    // Standalone, the broker sees the local controller's image once its
+    // replica manager and group coordinator have acted on it.
+    let standalone_image = Arc::new(ImageWatch::new());
     let controller = if roles.controller {
         // In a quorum, a combined node's broker follows the log like any
         // other broker; standalone, it reads the local controller's image.
         let publishers = if standalone {
-            broker_publishers.clone()
+            let mut publishers = broker_publishers.clone();
+            publishers.push(standalone_image.clone());
+            publishers
         } else {
             Vec::new()
         };
@@ -231,7 +237,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         broker_config.advertised_port = advertised_port;
 
         let (controller_api, image): (Arc<dyn ControllerApi>, _) = match (&controller, standalone) {
-            (Some(c), true) => (c.clone() as Arc<dyn ControllerApi>, c.subscribe_image()),
+            (Some(c), true) => (
+                c.clone() as Arc<dyn ControllerApi>,
+                standalone_image.subscribe(),
+            ),
             _ => {
                 let addresses: Vec<(i32, String)> =
                     voters.iter().map(|v| (v.id, v.address())).collect();
@@ -280,7 +289,6 @@ pub async fn run(settings: Settings) -> Result<()> {
             .await
             .context("joining the cluster")?;
         broker_lifecycle.spawn_heartbeats(stop_rx.clone());
-        replicas.remove_strays();
         sluice_broker::fetcher::start_replication(&broker, stop_rx.clone());
         tasks.push(tokio::spawn(server::run(socket, broker, stop_rx.clone())));
         spawn_housekeeping(replicas.clone(), &broker_config, stop_rx.clone());
@@ -478,10 +486,43 @@ fn load_or_create_identity(
     // accepted by every client and easier to read.
     let cluster_id = wanted_cluster_id.unwrap_or_else(|| Uuid::new_v4().simple().to_string());
     let text = format!("version=1\ncluster.id={cluster_id}\nnode.id={node_id}\n");
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
+    // Durable before anything is written under this identity: a marker that
+    // comes back empty after a power loss would stop the node from starting.
+    sluice_storage::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(cluster_id)
+}
+
+/// Raises the soft limit on open files to the hard limit, as Kafka's
+/// packaging does: each segment holds three descriptors, so the usual soft
+/// limit of 1024 runs out at a few hundred partitions.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            warn!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+            return;
+        }
+        let soft = limit.rlim_cur;
+        if soft >= limit.rlim_max {
+            info!(limit = soft, "open-file limit");
+            return;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            warn!(soft, error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
+        } else {
+            info!(
+                from = soft,
+                to = limit.rlim_max,
+                "raised the open-file limit"
+            );
+        }
+    }
 }
 
 fn install_metrics(listen: &str) -> Result<()> {
@@ -519,7 +560,8 @@ fn spawn_housekeeping(
         move || r.enforce_retention(),
     );
     spawn_periodic("checkpoint", config.checkpoint_interval, stop, move || {
-        replicas.checkpoint()
+        replicas.checkpoint();
+        replicas.retry_offline();
     });
 }
 

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use crate::controller_service::METADATA_TOPIC;
 use crate::errors::controller_error_from_code;
 use crate::kafka_client::{ClientError, KafkaClient};
+use crate::lifecycle::ImageWatch;
 
 const CLIENT_ID: &str = "sluice-broker";
 
@@ -591,9 +592,19 @@ pub fn follow_metadata_log(
     publishers: Vec<Arc<dyn Publisher>>,
     mut stop: watch::Receiver<bool>,
 ) -> watch::Receiver<Arc<MetadataImage>> {
-    let (image_tx, image_rx) = watch::channel(MetadataImage::empty());
+    // The image is shown once every publisher has acted on it.
+    let applied = Arc::new(ImageWatch::new());
+    let image_rx = applied.subscribe();
+    let mut publishers = publishers;
+    publishers.push(applied);
     tokio::spawn(async move {
-        let mut loader = MetadataLoader::new(publishers);
+        let mut loader = match MetadataLoader::with_publisher_thread(publishers.clone()) {
+            Ok(loader) => loader,
+            Err(e) => {
+                warn!(error = %e, "cannot start the metadata publisher thread; publishing inline");
+                MetadataLoader::new(publishers)
+            }
+        };
         let mut next_voter = 0usize;
         loop {
             if voters.is_empty() || *stop.borrow() {
@@ -601,7 +612,7 @@ pub fn follow_metadata_log(
             }
             let (_, address) = &voters[next_voter % voters.len()];
             next_voter += 1;
-            let session = follow_from(node_id, address, &mut loader, &image_tx);
+            let session = follow_from(node_id, address, &mut loader);
             tokio::select! {
                 result = session => {
                     if let Err(e) = result {
@@ -630,7 +641,6 @@ async fn follow_from(
     node_id: i32,
     address: &str,
     loader: &mut MetadataLoader,
-    image_tx: &watch::Sender<Arc<MetadataImage>>,
 ) -> Result<(), FollowError> {
     const MAX_BYTES: i32 = 8 * 1024 * 1024;
     let mut client = KafkaClient::connect(address, CLIENT_ID).await?;
@@ -669,18 +679,19 @@ async fn follow_from(
                 ),
                 Err(e) => return Err(FollowError::Records(e.to_string())),
             }
-            image_tx.send_replace(loader.image().clone());
             continue;
         }
         if p.error_code != 0 {
             return Err(FollowError::Kafka(p.error_code));
         }
+        // The source's high watermark is one past its last committed entry.
+        let committed = (p.high_watermark - 1).max(0) as u64;
         let Some(mut records) = p.records.filter(|r| !r.is_empty()) else {
+            loader.set_committed_offset(committed);
             continue;
         };
         let sets = RecordBatchDecoder::decode_all(&mut records)
             .map_err(|e| FollowError::Records(e.to_string()))?;
-        let mut applied = false;
         for set in sets {
             for record in set.records {
                 let offset = record.offset as u64;
@@ -694,12 +705,9 @@ async fn follow_from(
                     warn!(offset, error = %e, "metadata entry does not replay here; skipped");
                     loader.skip_entry(offset);
                 }
-                applied = true;
             }
         }
-        if applied {
-            image_tx.send_replace(loader.image().clone());
-        }
+        loader.set_committed_offset(committed);
     }
 }
 

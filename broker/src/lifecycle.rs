@@ -9,11 +9,39 @@ use std::time::Duration;
 use sluice_metadata::controller_api::{
     BrokerHeartbeat, BrokerRegistrationRequest, ControllerApi, ControllerError, HeartbeatReply,
 };
-use sluice_metadata::MetadataImage;
+use sluice_metadata::{MetadataDelta, MetadataImage, Publisher};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::replica::ReplicaManager;
+
+/// The last publisher of a broker: it shows the image once every publisher
+/// before it (the replica manager, the group coordinator) has acted on it.
+/// The lifecycle watches it, so the broker reports, and serves at, only
+/// the metadata it has applied.
+pub struct ImageWatch(watch::Sender<Arc<MetadataImage>>);
+
+impl ImageWatch {
+    pub fn new() -> Self {
+        Self(watch::channel(MetadataImage::empty()).0)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MetadataImage>> {
+        self.0.subscribe()
+    }
+}
+
+impl Default for ImageWatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Publisher for ImageWatch {
+    fn publish(&self, _delta: &MetadataDelta, image: &Arc<MetadataImage>) {
+        self.0.send_replace(image.clone());
+    }
+}
 
 pub struct BrokerLifecycle {
     controller: Arc<dyn ControllerApi>,

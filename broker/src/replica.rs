@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use sluice_metadata::controller_api::{ControllerApi, ControllerError, IsrChange};
@@ -21,6 +21,11 @@ use crate::isr::{self, FollowerState, PendingIsr};
 /// Marks a partition directory with the id of the topic it belongs to, so a
 /// directory left from a deleted topic of the same name is never reused.
 const PARTITION_METADATA: &str = "partition.metadata";
+
+/// A deleted partition's directory is renamed `<topic>-<p>.<topic id>-delete`
+/// (as Kafka does) before its files are removed, so deletion goes by topic
+/// id and a half-removed directory is never mistaken for a live one.
+const DELETE_SUFFIX: &str = "-delete";
 
 pub use sluice_storage::wall_clock_ms as now_ms;
 
@@ -120,11 +125,24 @@ impl Partition {
 
 pub type TopicPartition = (String, i32);
 
+/// A partition this broker should host whose log could not be opened (a
+/// descriptor limit, an I/O error, an unreadable marker). Its directory is
+/// left exactly as it is; opening is retried by housekeeping.
+#[derive(Debug, Clone)]
+pub struct OfflinePartition {
+    pub topic_id: Uuid,
+    pub error: String,
+}
+
 pub struct ReplicaManager {
     node_id: i32,
     log_dir: PathBuf,
     log_defaults: LogConfig,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+    offline: Mutex<HashMap<TopicPartition, OfflinePartition>>,
+    /// Set once the first image (the caught-up one) has been applied: only
+    /// then can a directory be judged to belong to nothing.
+    loaded: AtomicBool,
     image: RwLock<Arc<MetadataImage>>,
     /// Woken on every append, for fetches waiting on new data.
     appended: Notify,
@@ -144,6 +162,8 @@ impl ReplicaManager {
             log_dir,
             log_defaults,
             partitions: RwLock::new(HashMap::new()),
+            offline: Mutex::new(HashMap::new()),
+            loaded: AtomicBool::new(false),
             image: RwLock::new(MetadataImage::empty()),
             appended: Notify::new(),
             broker_epoch: AtomicI64::new(-1),
@@ -474,6 +494,10 @@ impl ReplicaManager {
         self.log_dir.join(format!("{topic}-{index}"))
     }
 
+    /// Opens the log of `topic`-`index` for topic id `topic_id`. A directory
+    /// of the same name that belongs to another topic id is an older,
+    /// deleted topic (the image is caught up, so it knows): it is retired.
+    /// A marker that cannot be read keeps the directory untouched and fails.
     fn open_log(
         &self,
         topic: &str,
@@ -483,15 +507,48 @@ impl ReplicaManager {
     ) -> Result<PartitionLog, StorageError> {
         let dir = self.partition_dir(topic, index);
         let marker = dir.join(PARTITION_METADATA);
-        if let Ok(text) = fs::read_to_string(&marker) {
-            if text.trim() != format!("topic_id: {topic_id}") {
-                warn!(dir = %dir.display(), "log directory belongs to an older topic of the same name; removing it");
-                fs::remove_dir_all(&dir)?;
+        match read_marker(&dir)? {
+            Some(id) if id == topic_id => {}
+            Some(older) => {
+                warn!(dir = %dir.display(), topic_id = %older, "log directory belongs to a deleted topic of the same name; retiring it");
+                self.retire_dir(&dir, older)?;
+                self.create_marked_dir(&dir, &marker, topic_id)?;
             }
+            None => self.create_marked_dir(&dir, &marker, topic_id)?,
         }
-        let log = PartitionLog::open(&dir, config)?;
-        write_atomically(&marker, format!("topic_id: {topic_id}\n").as_bytes())?;
-        Ok(log)
+        PartitionLog::open(&dir, config)
+    }
+
+    /// Creates a partition directory and writes its topic-id marker before
+    /// any data goes in, each step durable.
+    fn create_marked_dir(
+        &self,
+        dir: &Path,
+        marker: &Path,
+        topic_id: Uuid,
+    ) -> Result<(), StorageError> {
+        let existed = dir.exists();
+        fs::create_dir_all(dir)?;
+        sluice_storage::write_atomic(marker, format!("topic_id: {topic_id}\n").as_bytes())?;
+        if !existed {
+            sluice_storage::sync_dir(&self.log_dir)?;
+        }
+        Ok(())
+    }
+
+    /// Renames a partition directory of topic id `topic_id` to its
+    /// `-delete` name (durably), then removes it in the background.
+    fn retire_dir(&self, dir: &Path, topic_id: Uuid) -> Result<(), StorageError> {
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+            return Ok(());
+        };
+        let retired = self
+            .log_dir
+            .join(format!("{name}.{}{DELETE_SUFFIX}", topic_id.simple()));
+        fs::rename(dir, &retired)?;
+        sluice_storage::sync_dir(&self.log_dir)?;
+        remove_in_background(retired);
+        Ok(())
     }
 
     fn become_replica(
@@ -510,7 +567,7 @@ impl ReplicaManager {
             .filter(|p| p.topic_id != topic_id)
         {
             // A deleted topic's partition under the same name: never reuse it.
-            self.remove_replica(&stale.topic, stale.index);
+            self.remove_replica(&stale.topic, stale.topic_id, stale.index);
         }
         if let Some(existing) = self.partition(&topic.name, index) {
             let (follow, epoch_changed) = {
@@ -526,6 +583,10 @@ impl ReplicaManager {
         let config = effective_log_config(&self.log_defaults, image.topic_config(&topic.name));
         match self.open_log(&topic.name, topic_id, index, config) {
             Ok(log) => {
+                if self.offline().remove(&key).is_some() {
+                    info!(topic = %topic.name, partition = index, "partition log opened; back online");
+                    self.offline_gauge();
+                }
                 let partition = Arc::new(Partition {
                     topic: topic.name.clone(),
                     topic_id,
@@ -557,7 +618,59 @@ impl ReplicaManager {
                 self.targets_changed();
             }
             Err(e) => {
-                error!(topic = %topic.name, partition = index, error = %e, "cannot open partition log")
+                // The data stays where it is: never deleted for failing to open.
+                let error = e.to_string();
+                let mut offline = self.offline();
+                let known = offline.get(&key).is_some_and(|o| o.error == error);
+                if !known {
+                    error!(topic = %topic.name, partition = index, error = %e, "cannot open partition log; the partition is offline on this broker and will be retried");
+                }
+                offline.insert(key, OfflinePartition { topic_id, error });
+                drop(offline);
+                self.offline_gauge();
+            }
+        }
+    }
+
+    fn offline(&self) -> MutexGuard<'_, HashMap<TopicPartition, OfflinePartition>> {
+        self.offline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn offline_gauge(&self) {
+        metrics::gauge!("sluice_offline_partitions").set(self.offline().len() as f64);
+    }
+
+    /// The partition's open error if this broker should host it but could
+    /// not open its log.
+    pub fn offline_error(&self, topic: &str, index: i32) -> Option<String> {
+        self.offline()
+            .get(&(topic.to_string(), index))
+            .map(|o| o.error.clone())
+    }
+
+    /// Tries again to open the logs that failed to open (descriptors freed,
+    /// a disk remounted), for partitions the image still assigns here.
+    pub fn retry_offline(&self) {
+        let keys: Vec<(TopicPartition, Uuid)> = self
+            .offline()
+            .iter()
+            .map(|(k, o)| (k.clone(), o.topic_id))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let image = self.image();
+        for ((topic, index), topic_id) in keys {
+            let reg = image
+                .topic_by_id(&topic_id)
+                .and_then(|t| t.partitions.get(&index))
+                .filter(|reg| reg.replicas.contains(&self.node_id));
+            match reg {
+                Some(reg) => self.become_replica(&image, topic_id, index, reg),
+                None => {
+                    self.offline().remove(&(topic, index));
+                    self.offline_gauge();
+                }
             }
         }
     }
@@ -655,50 +768,101 @@ impl ReplicaManager {
         (follow_of(state), new_epoch)
     }
 
-    fn remove_replica(&self, topic: &str, index: i32) {
-        let removed = self
-            .partitions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(topic.to_string(), index));
-        let dir = self.partition_dir(topic, index);
-        // Hold the partition's lock while its files go, so no append or roll
-        // in flight writes into the directory afterwards.
+    /// Deletes this broker's replica of partition `index` of topic id
+    /// `topic_id`, and nothing of any other topic id that has the same name.
+    fn remove_replica(&self, topic: &str, topic_id: Uuid, index: i32) {
+        let key = (topic.to_string(), index);
+        let removed = {
+            let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+            match partitions.get(&key) {
+                Some(p) if p.topic_id == topic_id => partitions.remove(&key),
+                _ => None,
+            }
+        };
+        if self
+            .offline()
+            .get(&key)
+            .is_some_and(|o| o.topic_id == topic_id)
+        {
+            self.offline().remove(&key);
+            self.offline_gauge();
+        }
         if let Some(partition) = &removed {
             self.set_fetch_target(partition, None);
             self.targets_changed();
         }
+        // Hold the partition's lock while its directory goes, so no append or
+        // roll in flight writes into it afterwards.
         let mut guard = removed.as_ref().map(|p| p.state());
         if let Some(state) = guard.as_mut() {
             state.deleted = true;
         }
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(dir = %dir.display(), error = %e, "cannot remove deleted partition's directory");
+        let dir = self.partition_dir(topic, index);
+        match read_marker(&dir) {
+            Ok(Some(id)) if id == topic_id => {
+                if let Err(e) = self.retire_dir(&dir, topic_id) {
+                    warn!(dir = %dir.display(), error = %e, "cannot retire deleted partition's directory");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot read the marker of a deleted partition's directory; left in place")
             }
         }
         drop(guard);
-        info!(topic, partition = index, "partition deleted");
+        info!(topic, partition = index, %topic_id, "partition deleted");
     }
 
-    /// Removes partition directories the metadata no longer assigns here
-    /// (a topic deleted while this broker was down).
-    pub fn remove_strays(&self) {
+    /// After the first, caught-up image: removes what that image says is
+    /// gone, and only that. A directory whose marker names a topic id the
+    /// image does not have (deleted while this broker was down), or a
+    /// partition no longer assigned here, is retired. Directories without a
+    /// readable marker, and partitions that failed to open, are left alone.
+    fn remove_strays(&self, image: &MetadataImage) {
         let Ok(entries) = fs::read_dir(&self.log_dir) else {
             return;
         };
-        let hosted: Vec<PathBuf> = self
-            .partitions()
-            .iter()
-            .map(|p| self.partition_dir(&p.topic, p.index))
-            .collect();
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() && path.join(PARTITION_METADATA).exists() && !hosted.contains(&path) {
-                info!(dir = %path.display(), "removing log directory of a partition no longer assigned here");
-                if let Err(e) = fs::remove_dir_all(&path) {
-                    warn!(dir = %path.display(), error = %e, "cannot remove stray log directory");
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            if !path.is_dir() {
+                continue;
+            }
+            if is_retired_dir_name(&name) {
+                // Renamed for deletion before a crash: finish the job.
+                remove_in_background(path);
+                continue;
+            }
+            let Some(index) = name
+                .rsplit_once('-')
+                .and_then(|(_, p)| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let topic_id = match read_marker(&path) {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(dir = %path.display(), error = %e, "cannot read a log directory's marker; left in place");
+                    continue;
                 }
+            };
+            let assigned = image
+                .topic_by_id(&topic_id)
+                .and_then(|t| t.partitions.get(&index))
+                .is_some_and(|reg| reg.replicas.contains(&self.node_id));
+            if assigned {
+                continue;
+            }
+            info!(dir = %path.display(), %topic_id, "retiring the log directory of a partition the metadata no longer assigns here");
+            if let Err(e) = self.retire_dir(&path, topic_id) {
+                warn!(dir = %path.display(), error = %e, "cannot retire stray log directory");
             }
         }
     }
@@ -767,8 +931,8 @@ impl ReplicaManager {
 impl Publisher for ReplicaManager {
     fn publish(&self, delta: &MetadataDelta, image: &Arc<MetadataImage>) {
         let changes = delta.local_changes(self.node_id);
-        for (name, _id, index) in &changes.removed {
-            self.remove_replica(name, *index);
+        for (name, id, index) in &changes.removed {
+            self.remove_replica(name, *id, *index);
         }
         for (topic_id, index) in &changes.updated {
             if let Some(reg) = image
@@ -787,15 +951,53 @@ impl Publisher for ReplicaManager {
             }
         }
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = image.clone();
+        if !self.loaded.swap(true, Ordering::SeqCst) {
+            // The loader publishes the caught-up image first, whole.
+            self.remove_strays(image);
+        }
         // Waiting fetches and acks=all produces re-check leadership and existence.
         self.notify_appended();
     }
 }
 
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, data)?;
-    fs::rename(tmp, path)
+/// The topic id a partition directory's marker names: `None` when there is
+/// no marker (a directory being created), an error when it cannot be read
+/// or parsed.
+fn read_marker(dir: &Path) -> Result<Option<Uuid>, StorageError> {
+    let text = match fs::read_to_string(dir.join(PARTITION_METADATA)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("topic_id:"))
+        .and_then(|id| Uuid::parse_str(id.trim()).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            StorageError::CorruptLog(format!(
+                "{} does not name a topic id",
+                dir.join(PARTITION_METADATA).display()
+            ))
+        })
+}
+
+/// `<topic>-<p>.<32 hex digits>-delete`: a directory retired for deletion.
+fn is_retired_dir_name(name: &str) -> bool {
+    name.strip_suffix(DELETE_SUFFIX)
+        .and_then(|rest| rest.rsplit_once('.'))
+        .is_some_and(|(_, id)| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Removes a retired directory off the caller's thread: a large partition
+/// takes a while, and nothing waits for it.
+fn remove_in_background(dir: PathBuf) {
+    std::thread::spawn(move || {
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(dir = %dir.display(), error = %e, "cannot remove a retired log directory");
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -838,5 +1040,191 @@ mod tests {
         let config = effective_log_config(&defaults, Some(&configs));
         assert_eq!(config.retention_ms, 1000);
         assert_eq!(config.segment_bytes, defaults.segment_bytes);
+    }
+
+    use sluice_metadata::{
+        encode_batch, MetadataLoader, MetadataRecord, PartitionRecord, RemoveTopicRecord,
+        TopicRecord,
+    };
+
+    fn topic(name: &str, id: Uuid, replicas: Vec<i32>) -> Vec<u8> {
+        encode_batch(&[
+            MetadataRecord::Topic(TopicRecord {
+                name: name.into(),
+                topic_id: id,
+            }),
+            MetadataRecord::Partition(PartitionRecord {
+                topic_id: id,
+                partition: 0,
+                replicas: replicas.clone(),
+                isr: replicas.clone(),
+                leader: replicas[0],
+                leader_epoch: 0,
+                partition_epoch: 0,
+            }),
+        ])
+    }
+
+    fn remove(id: Uuid) -> Vec<u8> {
+        encode_batch(&[MetadataRecord::RemoveTopic(RemoveTopicRecord {
+            topic_id: id,
+        })])
+    }
+
+    fn manager(dir: &Path) -> Arc<ReplicaManager> {
+        Arc::new(ReplicaManager::new(1, dir.to_path_buf(), LogConfig::default()).unwrap())
+    }
+
+    fn append(manager: &ReplicaManager, topic: &str, value: &[u8]) {
+        let partition = manager.partition(topic, 0).expect("hosted");
+        let mut state = partition.state();
+        let batch = sluice_storage::batch::BatchBuilder::new(0)
+            .record(0, None, Some(value))
+            .build();
+        state.log.append_as_leader(&batch, 0, 0).unwrap();
+        state.log.flush().unwrap();
+    }
+
+    fn log_end(manager: &ReplicaManager, topic: &str) -> i64 {
+        manager
+            .partition(topic, 0)
+            .expect("hosted")
+            .state()
+            .log
+            .log_end_offset()
+    }
+
+    /// Lets background removals of retired directories finish.
+    fn entries(dir: &Path) -> Vec<String> {
+        for _ in 0..100 {
+            let names: Vec<String> = fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if !names.iter().any(|n| is_retired_dir_name(n)) {
+                let mut names = names;
+                names.sort();
+                return names;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("retired directories were not removed");
+    }
+
+    #[test]
+    fn replaying_a_delete_and_recreate_at_restart_keeps_the_new_topics_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+        let history = [
+            topic("t", old, vec![1]),
+            remove(old),
+            topic("t", new, vec![1]),
+        ];
+
+        // First life: every entry is published as it commits.
+        let replicas = manager(dir.path());
+        let mut loader = MetadataLoader::new(vec![replicas.clone() as Arc<dyn Publisher>]);
+        loader.set_committed_offset(0);
+        loader.load_entry(1, &history[0]).unwrap();
+        append(&replicas, "t", b"old");
+        loader.load_entry(2, &history[1]).unwrap();
+        loader.load_entry(3, &history[2]).unwrap();
+        append(&replicas, "t", b"new-1");
+        append(&replicas, "t", b"new-2");
+        assert_eq!(log_end(&replicas, "t"), 2);
+        replicas.close_all();
+
+        // Restart: the same history is replayed, and the new topic's data stays.
+        let replicas = manager(dir.path());
+        let mut loader = MetadataLoader::new(vec![replicas.clone() as Arc<dyn Publisher>]);
+        loader.set_committed_offset(3);
+        for (i, entry) in history.iter().enumerate() {
+            loader.load_entry(i as u64 + 1, entry).unwrap();
+        }
+        assert_eq!(
+            log_end(&replicas, "t"),
+            2,
+            "the re-created topic lost its data"
+        );
+        assert_eq!(entries(dir.path()), vec!["t-0".to_string()]);
+    }
+
+    #[test]
+    fn deletion_goes_by_topic_id_and_strays_go_only_when_the_image_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gone, kept, other_id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        // A partition of a topic deleted while this broker was down.
+        fs::create_dir_all(dir.path().join("gone-0")).unwrap();
+        fs::write(
+            dir.path().join("gone-0").join(PARTITION_METADATA),
+            format!("topic_id: {gone}\n"),
+        )
+        .unwrap();
+        // A directory whose marker cannot be read, and one without a marker.
+        fs::create_dir_all(dir.path().join("garbled-0")).unwrap();
+        fs::write(dir.path().join("garbled-0").join(PARTITION_METADATA), b"").unwrap();
+        fs::create_dir_all(dir.path().join("unmarked-0")).unwrap();
+        // A retired directory left by a crash before its removal finished.
+        let retired = format!("old-0.{}-delete", Uuid::new_v4().simple());
+        fs::create_dir_all(dir.path().join(&retired)).unwrap();
+
+        let replicas = manager(dir.path());
+        let mut loader = MetadataLoader::new(vec![replicas.clone() as Arc<dyn Publisher>]);
+        loader.set_committed_offset(1);
+        loader.load_entry(1, &topic("kept", kept, vec![1])).unwrap();
+        append(&replicas, "kept", b"v");
+        assert_eq!(
+            entries(dir.path()),
+            vec![
+                "garbled-0".to_string(),
+                "kept-0".into(),
+                "unmarked-0".into()
+            ]
+        );
+
+        // Removing another topic id under the same name touches nothing.
+        replicas.remove_replica("kept", other_id, 0);
+        assert_eq!(log_end(&replicas, "kept"), 1);
+        loader.load_entry(2, &remove(kept)).unwrap();
+        assert!(replicas.partition("kept", 0).is_none());
+        assert_eq!(
+            entries(dir.path()),
+            vec!["garbled-0".to_string(), "unmarked-0".into()]
+        );
+    }
+
+    #[test]
+    fn a_partition_that_fails_to_open_is_offline_and_its_data_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        let replicas = manager(dir.path());
+        let mut loader = MetadataLoader::new(vec![replicas.clone() as Arc<dyn Publisher>]);
+        loader.set_committed_offset(1);
+        loader.load_entry(1, &topic("t", id, vec![1])).unwrap();
+        append(&replicas, "t", b"v");
+        replicas.close_all();
+
+        // A file the log cannot open: a directory where its index should be.
+        let index = dir.path().join("t-0").join("00000000000000000000.index");
+        let _ = fs::remove_file(&index);
+        fs::create_dir_all(&index).unwrap();
+        let replicas = manager(dir.path());
+        let mut loader = MetadataLoader::new(vec![replicas.clone() as Arc<dyn Publisher>]);
+        loader.set_committed_offset(1);
+        loader.load_entry(1, &topic("t", id, vec![1])).unwrap();
+        assert!(replicas.partition("t", 0).is_none());
+        assert!(replicas.offline_error("t", 0).is_some());
+        assert!(dir
+            .path()
+            .join("t-0")
+            .join("00000000000000000000.log")
+            .exists());
+
+        // Once the cause is gone, housekeeping brings it back with its data.
+        fs::remove_dir(&index).unwrap();
+        replicas.retry_offline();
+        assert!(replicas.offline_error("t", 0).is_none());
+        assert_eq!(log_end(&replicas, "t"), 1);
     }
 }

@@ -290,13 +290,10 @@ async fn follower_replicates_and_truncates_after_a_leader_change() {
         let (server_stop, server_stop_rx) = watch::channel(false);
         std::mem::forget(server_stop); // serve until the test ends
         tokio::spawn(server::run(listener, broker.clone(), server_stop_rx));
-        cluster
-            .lock()
-            .unwrap()
-            .loaders
-            .push(MetadataLoader::new(vec![
-                replicas.clone() as Arc<dyn Publisher>
-            ]));
+        // An empty log: caught up from the start, every entry is published.
+        let mut loader = MetadataLoader::new(vec![replicas.clone() as Arc<dyn Publisher>]);
+        loader.set_committed_offset(0);
+        cluster.lock().unwrap().loaders.push(loader);
         broker_records.push(MetadataRecord::Broker(BrokerRecord {
             broker_id: id,
             incarnation_id: Uuid::new_v4(),

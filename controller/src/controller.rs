@@ -25,7 +25,8 @@ use crate::group_ops;
 use crate::lifecycle;
 use crate::ops::{self, OpResult, TopicDefaults};
 use crate::quorum::{
-    self, Applied, NoPeers, QuorumConfig, QuorumError, QuorumHandle, TcpTransport, Transport,
+    self, Applied, NoPeers, QuorumConfig, QuorumError, QuorumHandle, QuorumStatus, TcpTransport,
+    Transport,
 };
 
 #[derive(Clone, Debug)]
@@ -136,6 +137,8 @@ pub enum StartError {
     Quorum(#[from] QuorumError),
     #[error("the metadata quorum elected no leader within {0:?}")]
     NoLeader(Duration),
+    #[error("starting the metadata publisher thread: {0}")]
+    Publisher(#[from] std::io::Error),
 }
 
 pub struct Controller {
@@ -204,9 +207,13 @@ impl Controller {
         let (image_tx, image) = watch::channel(MetadataImage::empty());
         let (rejected_tx, rejected) = watch::channel(0);
         let window = Arc::new(StdMutex::new(EntryWindow::default()));
+        // Publishers (a standalone node's broker) run on their own thread:
+        // their disk work must not delay the entries heartbeats wait on.
+        let loader = MetadataLoader::with_publisher_thread(publishers)?;
         tokio::spawn(run_loader(
-            MetadataLoader::new(publishers),
+            loader,
             applied,
+            quorum.subscribe_status(),
             image_tx,
             rejected_tx,
             quorum.clone(),
@@ -592,16 +599,43 @@ impl Controller {
 
 /// Applies committed entries in order, keeps recent ones for brokers that
 /// follow the log, and hands the quorum a snapshot of the image when it
-/// asks, so its log stays bounded.
+/// asks, so its log stays bounded. Publishers (a standalone node's broker)
+/// see nothing until the image has caught up with the commit index known
+/// when the quorum first had a leader.
 async fn run_loader(
     mut loader: MetadataLoader,
     mut applied: mpsc::UnboundedReceiver<Applied>,
+    mut status: watch::Receiver<QuorumStatus>,
     image_tx: watch::Sender<Arc<MetadataImage>>,
     rejected_tx: watch::Sender<u64>,
     quorum: QuorumHandle,
     window: Arc<StdMutex<EntryWindow>>,
 ) {
-    while let Some(event) = applied.recv().await {
+    let leader_commit = |s: &QuorumStatus| s.leader_id.is_some().then_some(s.commit_index);
+    let mut watching_status = true;
+    if let Some(commit) = leader_commit(&status.borrow_and_update()) {
+        loader.set_committed_offset(commit);
+        watching_status = false;
+    }
+    loop {
+        let event = tokio::select! {
+            event = applied.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            changed = status.changed(), if watching_status => {
+                if changed.is_err() {
+                    watching_status = false;
+                    continue;
+                }
+                let commit = leader_commit(&status.borrow_and_update());
+                if let Some(commit) = commit {
+                    loader.set_committed_offset(commit);
+                    watching_status = false;
+                }
+                continue;
+            }
+        };
         match event {
             Applied::Snapshot { index, data, .. } => match loader.load_snapshot(index, &data) {
                 Ok(()) => {

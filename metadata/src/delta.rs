@@ -35,7 +35,7 @@ pub struct MetadataDelta {
 }
 
 /// What one delta means for the replicas a given broker hosts.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LocalChanges {
     /// (topic id, partition) whose registration changed and that list the broker as a replica.
     pub updated: Vec<(Uuid, i32)>,

@@ -14,7 +14,9 @@ pub mod producer_state;
 pub mod segment;
 
 pub use error::StorageError;
-pub use log::{wall_clock_ms, AppendInfo, LogConfig, PartitionLog, ReadResult};
+pub use log::{
+    sync_dir, wall_clock_ms, write_atomic, AppendInfo, LogConfig, PartitionLog, ReadResult,
+};
 
 #[cfg(feature = "raft-store")]
 pub mod raft_store;

@@ -41,14 +41,16 @@ pub fn wall_clock_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+/// Makes a directory's entries (files created, renamed or removed in it)
+/// durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)?.sync_all()?;
     Ok(())
 }
 
 /// Replaces `path` with `bytes` atomically: write a temporary file, fsync,
 /// rename over, fsync the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(TMP_SUFFIX);
     let tmp = PathBuf::from(tmp);

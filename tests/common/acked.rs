@@ -193,10 +193,19 @@ pub fn verify(
         .create()
         .unwrap();
     for (&partition, messages) in acked {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(30))
-            .unwrap();
         let max_acked = messages.iter().map(|(o, _)| *o).max().unwrap_or(-1);
+        // Right after a leader change the new leader's high watermark may
+        // trail until its followers fetch again; it must get there soon.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let high = loop {
+            let high = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(30))
+                .map_or(-1, |(_, high)| high);
+            if high > max_acked || Instant::now() >= deadline {
+                break high;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         assert!(
             high > max_acked,
             "partition {partition}: high watermark {high} is behind acknowledged offset {max_acked}"

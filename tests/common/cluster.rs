@@ -265,6 +265,20 @@ impl Cluster {
         }
     }
 
+    /// kill -9 of every node, then every node started again (controllers
+    /// first) and waited for until it serves.
+    pub fn kill9_and_restart_all(&mut self, limit: Duration) {
+        for node in self.brokers.iter_mut().chain(self.controllers.iter_mut()) {
+            node.kill9();
+        }
+        for node in self.controllers.iter_mut().chain(self.brokers.iter_mut()) {
+            node.restart();
+        }
+        for node in self.controllers.iter_mut().chain(self.brokers.iter_mut()) {
+            node.wait_serving(limit);
+        }
+    }
+
     /// Runs `sluice topics ...` against the brokers that are up.
     pub fn cli(&mut self, args: &[&str]) -> std::process::Output {
         let bootstrap = self

@@ -24,6 +24,8 @@ pub struct Server {
     pub port: u16,
     pub metrics_port: u16,
     extra: Vec<String>,
+    /// (soft, hard) RLIMIT_NOFILE for the next start, if set.
+    open_file_limit: Option<(u64, u64)>,
 }
 
 /// A port free right now (the server binds it a moment later).
@@ -50,6 +52,7 @@ impl Server {
             port: 0,
             metrics_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            open_file_limit: None,
         };
         server.launch(0);
         server
@@ -66,6 +69,23 @@ impl Server {
             .arg(format!("metrics.listen=127.0.0.1:{}", self.metrics_port));
         for e in &self.extra {
             cmd.arg("--set").arg(e);
+        }
+        if let Some((soft, hard)) = self.open_file_limit {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only `limit`.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -143,6 +163,24 @@ impl Server {
         let _ = child.kill();
         let _ = child.wait();
         false
+    }
+
+    /// The (soft, hard) open-file limit the server gets from its next start on
+    /// (lowering a hard limit needs no privilege; raising it needs root).
+    pub fn set_open_file_limit(&mut self, soft: u64, hard: u64) {
+        self.open_file_limit = Some((soft, hard));
+    }
+
+    /// The hard open-file limit this test process has.
+    pub fn hard_open_file_limit() -> u64 {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes only the struct given.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+        assert!(ok, "getrlimit failed");
+        limit.rlim_max
     }
 
     /// Starts again on the same data directory and port.

@@ -10,7 +10,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use super::Broker;
+use super::{absent_partition_error, Broker};
 use crate::errors::storage_error;
 use crate::replica::now_ms;
 
@@ -93,8 +93,8 @@ fn read_all(
             };
             let Some(partition) = broker.replicas.partition(name, p.partition) else {
                 any_error = true;
-                partitions
-                    .push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                let error = absent_partition_error(broker, name, p.partition);
+                partitions.push(data.with_error_code(error.code()));
                 continue;
             };
             if version >= TOPIC_IDS_FROM && partition.topic_id != topic.topic_id {

@@ -270,6 +270,17 @@ pub async fn dispatch(
 }
 
 /// An error message as clients receive it.
+/// The error for a partition this broker does not have open: a storage
+/// error when it should host it but its log failed to open (clients retry
+/// and refresh metadata), else unknown.
+fn absent_partition_error(broker: &Broker, topic: &str, index: i32) -> ResponseError {
+    if broker.replicas.offline_error(topic, index).is_some() {
+        ResponseError::KafkaStorageError
+    } else {
+        ResponseError::UnknownTopicOrPartition
+    }
+}
+
 fn message(text: impl Into<String>) -> Option<StrBytes> {
     Some(StrBytes::from_string(text.into()))
 }

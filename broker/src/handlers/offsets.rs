@@ -12,7 +12,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
-use super::Broker;
+use super::{absent_partition_error, Broker};
 use crate::errors::storage_error;
 use crate::replica::PartitionState;
 
@@ -109,7 +109,7 @@ fn on_leader<T>(
     let partition = broker
         .replicas
         .partition(topic, partition)
-        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        .ok_or_else(|| absent_partition_error(broker, topic, partition))?;
     let state = partition.state();
     if let Some(error) = leader_check(broker, &state, current_leader_epoch) {
         return Err(error);

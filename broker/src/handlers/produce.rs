@@ -9,7 +9,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 use tracing::debug;
 
-use super::{message, Broker};
+use super::{absent_partition_error, message, Broker};
 use crate::errors::storage_error;
 use crate::replica::now_ms;
 
@@ -130,7 +130,7 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks
         result: Err((error, text)),
     };
     let Some(partition) = broker.replicas.partition(topic, index) else {
-        return fail(ResponseError::UnknownTopicOrPartition, None);
+        return fail(absent_partition_error(broker, topic, index), None);
     };
     let Some(records) = records else {
         return fail(
