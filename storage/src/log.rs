@@ -16,13 +16,13 @@
 //! shutdown the active segment is scanned (headers and CRCs) and cut at the
 //! first torn or corrupt batch.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{self, BatchHeader, Origin, HEADER_SIZE};
+use crate::fs::{self, File};
 use crate::leader_epoch::{EpochEntry, LeaderEpochCache};
 use crate::producer_state::{ProducerStateManager, SequenceCheck};
 use crate::segment::{parse_segment_file_name, Segment};
@@ -57,7 +57,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
+    fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
@@ -65,7 +65,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
-    match std::fs::remove_file(path) {
+    match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }
@@ -149,7 +149,7 @@ struct Checkpoint {
 }
 
 fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = fs::read_to_string(path).ok()?;
     let mut lines = text.lines();
     if lines.next()?.trim() != "0" {
         return None;
@@ -178,13 +178,13 @@ impl PartitionLog {
     /// recovered when the last shutdown was not clean.
     pub fn open(dir: &Path, mut config: LogConfig) -> Result<Self, StorageError> {
         config.segment_bytes = config.segment_bytes.min(i32::MAX as u64);
-        std::fs::create_dir_all(dir)?;
+        fs::create_dir_all(dir)?;
         let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean = clean_marker.exists();
 
         let mut bases = Vec::new();
         let mut index_files = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
+        for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -245,7 +245,7 @@ impl PartitionLog {
             .clamp(log_start, log_end);
 
         let (epochs, epochs_found) = LeaderEpochCache::load(&dir.join(EPOCH_FILE))?;
-        let snapshot = std::fs::read(dir.join(PRODUCER_SNAPSHOT_FILE))
+        let snapshot = fs::read(dir.join(PRODUCER_SNAPSHOT_FILE))
             .ok()
             .and_then(|b| ProducerStateManager::decode_snapshot(&b))
             .filter(|(off, _)| *off >= log_start && *off <= log_end);
@@ -1033,7 +1033,7 @@ impl PartitionLog {
     pub fn delete(self) -> Result<(), StorageError> {
         let dir = self.dir.clone();
         drop(self);
-        match std::fs::remove_dir_all(&dir) {
+        match fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }

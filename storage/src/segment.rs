@@ -6,7 +6,6 @@
 //! are made durable only by [`Segment::flush`] (on roll, checkpoint, close).
 //! Only the 61-byte batch headers are ever parsed; records are not decoded.
 
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader, Origin, HEADER_SIZE};
+use crate::fs::{self, File, OpenOptions};
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use crate::StorageError;
 
@@ -784,7 +784,7 @@ impl Segment {
         drop(file);
         offset_index.delete()?;
         time_index.delete()?;
-        match std::fs::remove_file(&log_path) {
+        match fs::remove_file(&log_path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }

@@ -11,64 +11,10 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use super::*;
 use crate::batch::{compute_crc, BatchBuilder};
 use crate::segment::segment_file;
+use crate::test_rng::Rng;
 
 const CASES: u64 = 200;
 const MAX: i64 = i64::MAX;
-
-/// xorshift64* seeded through splitmix64 (so neighbouring seeds diverge).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-
-    /// Roughly log-uniform in `lo..=hi` (`lo >= 1`): as many tiny as huge.
-    fn log_uniform(&mut self, lo: u64, hi: u64) -> u64 {
-        let bits = self.range(u64::from(lo.ilog2()), u64::from(hi.ilog2()));
-        let from = lo.max(1 << bits);
-        let to = hi.min((2 << bits) - 1);
-        self.range(from, to)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    /// `lo..=hi` random bytes.
-    fn bytes_in(&mut self, lo: u64, hi: u64) -> Vec<u8> {
-        let n = self.range(lo, hi) as usize;
-        self.bytes(n)
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 /// Runs `f` for each case in a fresh directory; on a panic names the case.
 fn run_cases(name: &str, salt: u64, mut f: impl FnMut(&mut Rng, &Path)) {
