@@ -107,8 +107,6 @@ struct Disk {
     budget: Option<u64>,
     dead: bool,
     faults: Vec<Fault>,
-    /// Mutating calls seen (for tests of the harness).
-    calls: u64,
 }
 
 static DISKS: Mutex<Vec<Disk>> = Mutex::new(Vec::new());
@@ -180,7 +178,6 @@ impl Disk {
 
     /// Counts a mutating call; `Err` once the power is off.
     fn spend(&mut self) -> io::Result<()> {
-        self.calls += 1;
         if self.dead {
             return Err(power_off());
         }
@@ -253,10 +250,11 @@ fn by_file<'a>(disks: &'a mut [Disk], file: &std::fs::File) -> Option<(&'a mut D
     Some((disk, i))
 }
 
-pub(crate) fn before_mutation(file: &std::fs::File, op: Op) -> io::Result<()> {
+/// Counts a mutating call on `file`; `Ok(true)` if the file is watched.
+pub(crate) fn before_mutation(file: &std::fs::File, op: Op) -> io::Result<bool> {
     let mut disks = disks();
     let Some((disk, i)) = by_file(&mut disks, file) else {
-        return Ok(());
+        return Ok(false);
     };
     disk.spend()?;
     if op == Op::SetLen {
@@ -270,7 +268,7 @@ pub(crate) fn before_mutation(file: &std::fs::File, op: Op) -> io::Result<()> {
             return Err(io::Error::other("injected set_len failure"));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// How many of `len` bytes a write may take (`Err` for none).
@@ -378,6 +376,18 @@ pub(crate) fn removed(path: &Path) {
     }
 }
 
+/// A temporary directory for tests on the simulated disk, in memory
+/// (`/dev/shm`) where there is one: the real disk's durability does not
+/// matter to them, and on a busy disk ext4's implicit flushes (truncate,
+/// rename over a file) make them slow.
+pub(crate) fn scratch_dir() -> tempfile::TempDir {
+    match Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm"),
+        false => tempfile::tempdir(),
+    }
+    .expect("create a temporary directory")
+}
+
 /// Watches the tree at `root` (created if missing) until dropped. What is
 /// there already counts as durable.
 #[derive(Debug)]
@@ -421,11 +431,6 @@ impl SimDisk {
     /// True once the power was cut by [`SimDisk::crash_after`].
     pub(crate) fn is_dead(&self) -> bool {
         self.with(|d| d.dead)
-    }
-
-    /// Mutating calls seen so far.
-    pub(crate) fn calls(&self) -> u64 {
-        self.with(|d| d.calls)
     }
 
     /// The next writes to `path` take `after` more bytes, then one fails with
@@ -506,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_write_never_fsynced_can_vanish() {
-        let root = tempfile::tempdir().unwrap();
+        let root = scratch_dir();
         let disk = SimDisk::new(root.path());
         let path = root.path().join("f");
         let mut f = write_new(&path, b"synced ");
@@ -540,7 +545,7 @@ mod tests {
 
     #[test]
     fn a_file_created_without_a_directory_fsync_can_vanish() {
-        let root = tempfile::tempdir().unwrap();
+        let root = scratch_dir();
         let disk = SimDisk::new(root.path());
         let path = root.path().join("new");
         write_new(&path, b"data").sync_all().unwrap();
@@ -555,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_rename_without_a_directory_fsync_can_be_undone() {
-        let root = tempfile::tempdir().unwrap();
+        let root = scratch_dir();
         let disk = SimDisk::new(root.path());
         let (old, tmp) = (root.path().join("marker"), root.path().join("marker.tmp"));
         write_new(&old, b"old").sync_all().unwrap();
@@ -592,7 +597,7 @@ mod tests {
 
     #[test]
     fn an_unlink_without_a_directory_fsync_can_be_undone() {
-        let root = tempfile::tempdir().unwrap();
+        let root = scratch_dir();
         let disk = SimDisk::new(root.path());
         let path = root.path().join("f");
         write_new(&path, b"kept").sync_all().unwrap();
@@ -608,7 +613,7 @@ mod tests {
 
     #[test]
     fn the_power_can_be_cut_after_some_calls() {
-        let root = tempfile::tempdir().unwrap();
+        let root = scratch_dir();
         let disk = SimDisk::new(root.path());
         let path = root.path().join("f");
         let mut f = write_new(&path, b"a");
@@ -626,7 +631,7 @@ mod tests {
 
     #[test]
     fn injected_write_failure_after_some_bytes() {
-        let root = tempfile::tempdir().unwrap();
+        let root = scratch_dir();
         let disk = SimDisk::new(root.path());
         let path = root.path().join("f");
         let mut f = write_new(&path, b"");

@@ -17,16 +17,26 @@ const CASES: u64 = 200;
 const MAX: i64 = i64::MAX;
 
 /// Runs `f` for each case in a fresh directory; on a panic names the case.
-fn run_cases(name: &str, salt: u64, mut f: impl FnMut(&mut Rng, &Path)) {
-    let only: Option<u64> = std::env::var("SLUICE_CORRUPTION_CASE")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let root = tempfile::tempdir().unwrap();
-    for case in (0..CASES).filter(|c| only.is_none_or(|o| o == *c)) {
+fn run_cases(name: &str, salt: u64, f: impl FnMut(&mut Rng, &Path)) {
+    run_n_cases(name, salt, CASES, "SLUICE_CORRUPTION_CASE", f);
+}
+
+/// [`run_cases`] with `cases` cases; the environment variable `only` picks
+/// one of them.
+pub(super) fn run_n_cases(
+    name: &str,
+    salt: u64,
+    cases: u64,
+    only: &str,
+    mut f: impl FnMut(&mut Rng, &Path),
+) {
+    let only_case: Option<u64> = std::env::var(only).ok().and_then(|v| v.parse().ok());
+    let root = crate::fs::sim::scratch_dir();
+    for case in (0..cases).filter(|c| only_case.is_none_or(|o| o == *c)) {
         let dir = root.path().join(format!("case-{case}"));
         let mut rng = Rng::new(salt ^ case);
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(&mut rng, &dir))) {
-            eprintln!("{name}: case {case} failed (SLUICE_CORRUPTION_CASE={case} reruns it)");
+            eprintln!("{name}: case {case} failed ({only}={case} reruns it)");
             resume_unwind(panic);
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -35,24 +45,24 @@ fn run_cases(name: &str, salt: u64, mut f: impl FnMut(&mut Rng, &Path)) {
 
 /// A batch as it sits in the log: offsets assigned, leader epoch stamped.
 #[derive(Clone)]
-struct Stored {
-    base: i64,
-    next: i64,
-    bytes: Vec<u8>,
+pub(super) struct Stored {
+    pub(super) base: i64,
+    pub(super) next: i64,
+    pub(super) bytes: Vec<u8>,
 }
 
 impl Stored {
-    fn header(&self) -> BatchHeader {
+    pub(super) fn header(&self) -> BatchHeader {
         BatchHeader::parse(&self.bytes).unwrap()
     }
 }
 
 /// Idempotent producers' (epoch, next sequence) as the test tracks them.
-type Producers = HashMap<i64, (i16, i32)>;
+pub(super) type Producers = HashMap<i64, (i16, i32)>;
 
 /// A client batch of 1..=8 records (mostly one) with random keys and
 /// values, 1 B..`max_payload` of payload in all.
-fn random_batch(
+pub(super) fn random_batch(
     rng: &mut Rng,
     ts: i64,
     producer: Option<(i64, i16, i32)>,
@@ -74,7 +84,11 @@ fn random_batch(
 }
 
 /// Appends `input` as leader and returns the batches as they were stored.
-fn append_expecting_success(log: &mut PartitionLog, input: &[u8], epoch: i32) -> Vec<Stored> {
+pub(super) fn append_expecting_success(
+    log: &mut PartitionLog,
+    input: &[u8],
+    epoch: i32,
+) -> Vec<Stored> {
     let end = log.log_end_offset();
     let info = log.append_as_leader(input, epoch, 0).unwrap();
     assert!(!info.duplicate);
@@ -83,7 +97,7 @@ fn append_expecting_success(log: &mut PartitionLog, input: &[u8], epoch: i32) ->
 }
 
 /// What the log stores for an accepted `input` appended at `base`.
-fn stamp(input: &[u8], base: i64, epoch: i32) -> Vec<Stored> {
+pub(super) fn stamp(input: &[u8], base: i64, epoch: i32) -> Vec<Stored> {
     let mut out = Vec::new();
     let mut offset = base;
     for (pos, h) in batch::validate_all(input, Origin::Client).unwrap() {
@@ -162,7 +176,7 @@ fn config(rng: &mut Rng) -> LogConfig {
     }
 }
 
-fn reopen(dir: &Path, config: &LogConfig) -> PartitionLog {
+pub(super) fn reopen(dir: &Path, config: &LogConfig) -> PartitionLog {
     match PartitionLog::open(dir, config.clone()) {
         Ok(log) => log,
         Err(e) => panic!("reopen failed: {e:?}"),
@@ -171,7 +185,7 @@ fn reopen(dir: &Path, config: &LogConfig) -> PartitionLog {
 
 /// Simulates kill -9: the log is dropped without `close`, so no
 /// clean-shutdown marker is written and the next open recovers.
-fn crash(log: PartitionLog) {
+pub(super) fn crash(log: PartitionLog) {
     let dir = log.dir().to_path_buf();
     drop(log);
     assert!(!dir.join(CLEAN_SHUTDOWN_FILE).exists());
@@ -179,7 +193,7 @@ fn crash(log: PartitionLog) {
 
 /// Reads `expected` back: all of it in one read from the first batch, and
 /// each batch alone from a random offset inside it.
-fn assert_reads(log: &PartitionLog, expected: &[Stored], rng: &mut Rng) {
+pub(super) fn assert_reads(log: &PartitionLog, expected: &[Stored], rng: &mut Rng) {
     let want: Vec<u8> = expected.iter().flat_map(|b| b.bytes.clone()).collect();
     let from = expected.first().map_or(log.log_end_offset(), |b| b.base);
     let all = log.read(from, 1 << 30, MAX).unwrap().records;
@@ -208,7 +222,7 @@ fn assert_reads(log: &PartitionLog, expected: &[Stored], rng: &mut Rng) {
 }
 
 /// The leader-epoch entries a log holding exactly `stored` must have.
-fn expected_epochs(stored: &[Stored]) -> Vec<EpochEntry> {
+pub(super) fn expected_epochs(stored: &[Stored]) -> Vec<EpochEntry> {
     let mut out: Vec<EpochEntry> = Vec::new();
     for b in stored {
         let epoch = b.header().partition_leader_epoch;
@@ -223,7 +237,7 @@ fn expected_epochs(stored: &[Stored]) -> Vec<EpochEntry> {
 }
 
 /// The producer state a log holding exactly `stored` must have.
-fn expected_producers(stored: &[Stored]) -> ProducerStateManager {
+pub(super) fn expected_producers(stored: &[Stored]) -> ProducerStateManager {
     let mut p = ProducerStateManager::new();
     for b in stored {
         p.apply_replicated(&b.header());
@@ -233,7 +247,12 @@ fn expected_producers(stored: &[Stored]) -> ProducerStateManager {
 
 /// Appends one more batch (idempotent, continuing a surviving producer, if
 /// there is one) and checks it lands at the log end and reads back.
-fn assert_append_works(log: &mut PartitionLog, rng: &mut Rng, epoch: i32, ts: i64) -> Stored {
+pub(super) fn assert_append_works(
+    log: &mut PartitionLog,
+    rng: &mut Rng,
+    epoch: i32,
+    ts: i64,
+) -> Stored {
     let end = log.log_end_offset();
     let producer = [1i64, 2].into_iter().find_map(|pid| {
         let e = log.producer_state().get(pid)?;
