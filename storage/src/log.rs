@@ -86,6 +86,12 @@ pub struct LogConfig {
     pub max_message_bytes: usize,
     /// `index.interval.bytes`: bytes of log between index entries.
     pub index_interval_bytes: usize,
+    /// `flush.messages`: fsync as soon as this many offsets have been
+    /// appended since the last flush (`i64::MAX`: never for that reason).
+    pub flush_messages: i64,
+    /// `flush.ms`: [`PartitionLog::flush_if_due`] fsyncs data that has been
+    /// waiting this long (`i64::MAX`: never for that reason).
+    pub flush_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -98,6 +104,8 @@ impl Default for LogConfig {
             retention_bytes: -1,
             max_message_bytes: 1_048_588,
             index_interval_bytes: 4096,
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
         }
     }
 }
@@ -141,6 +149,11 @@ pub struct PartitionLog {
     checkpointed: Option<(i64, i64)>,
     /// Log end offset covered by the producer snapshot on disk, if any.
     snapshot_offset: Option<i64>,
+    /// Everything below this offset has been fsynced (Kafka's recovery
+    /// point); `flush.messages` counts the offsets above it.
+    recovery_point: i64,
+    /// Wall clock time of the last flush, for `flush.ms`.
+    last_flush_ms: i64,
 }
 
 struct Checkpoint {
@@ -261,6 +274,8 @@ impl PartitionLog {
             producers: ProducerStateManager::new(),
             checkpointed: None,
             snapshot_offset,
+            recovery_point: log_end,
+            last_flush_ms: wall_clock_ms(),
         };
 
         let mut epochs_changed = false;
@@ -516,6 +531,7 @@ impl PartitionLog {
         }
         self.active_mut().append(&data, &headers, now_ms)?;
         self.producers.commit(staged);
+        self.maybe_flush_after_append()?;
         Ok(AppendInfo {
             base_offset: log_end,
             last_offset,
@@ -578,6 +594,7 @@ impl PartitionLog {
         for (_, h) in batches {
             self.producers.apply_replicated(h);
         }
+        self.maybe_flush_after_append()?;
         Ok(Some(AppendInfo {
             base_offset: first.base_offset,
             last_offset: last.last_offset(),
@@ -823,6 +840,7 @@ impl PartitionLog {
         tracing::info!(dir = %self.dir.display(), offset, log_end, removed_bytes = removed, "truncated log");
         self.log_start_offset = self.log_start_offset.min(log_end);
         self.high_watermark = self.high_watermark.min(log_end);
+        self.recovery_point = self.recovery_point.min(log_end);
         if self.epochs.truncate_from_end(log_end) {
             self.epochs.persist()?;
         }
@@ -877,6 +895,7 @@ impl PartitionLog {
         tracing::info!(dir = %self.dir.display(), offset, "truncated log fully");
         self.log_start_offset = offset;
         self.high_watermark = offset;
+        self.recovery_point = offset;
         if self.epochs.clear() {
             self.epochs.persist()?;
         }
@@ -916,6 +935,7 @@ impl PartitionLog {
     fn set_log_start(&mut self, offset: i64) -> Result<(), StorageError> {
         self.log_start_offset = offset.max(self.log_start_offset);
         self.high_watermark = self.high_watermark.max(self.log_start_offset);
+        self.recovery_point = self.recovery_point.max(self.log_start_offset);
         if self.epochs.truncate_from_start(self.log_start_offset) {
             self.epochs.persist()?;
         }
@@ -1000,7 +1020,34 @@ impl PartitionLog {
         for seg in &mut self.segments {
             seg.flush()?;
         }
+        self.recovery_point = self.log_end_offset();
+        self.last_flush_ms = wall_clock_ms();
         Ok(())
+    }
+
+    /// Offsets appended since the last flush.
+    pub fn unflushed_messages(&self) -> i64 {
+        self.log_end_offset() - self.recovery_point
+    }
+
+    /// `flush.messages`, checked after each append, before it is answered
+    /// (Kafka counts offsets past the recovery point the same way).
+    fn maybe_flush_after_append(&mut self) -> Result<(), StorageError> {
+        if self.unflushed_messages() >= self.config.flush_messages {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// `flush.ms`: flushes if something is unflushed and the last flush is
+    /// at least `flush_ms` old. Returns true if it flushed.
+    pub fn flush_if_due(&mut self, now_ms: i64) -> Result<bool, StorageError> {
+        let due = self.unflushed_messages() > 0
+            && now_ms.saturating_sub(self.last_flush_ms) >= self.config.flush_ms;
+        if due {
+            self.flush()?;
+        }
+        Ok(due)
     }
 
     /// Flushes segment data, then atomically writes the high watermark and
