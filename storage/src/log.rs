@@ -1090,4 +1090,6 @@ impl PartitionLog {
 #[cfg(test)]
 mod corruption_tests;
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod tests;
