@@ -749,6 +749,10 @@ impl Segment {
         if self.size == 0 {
             self.created_ms = None;
         }
+        // A truncation is made durable at once: otherwise a power loss can
+        // bring the removed batches back after new ones were written over
+        // them elsewhere (the leader's, or the segments after this one).
+        self.flush()?;
         Ok(removed)
     }
 
