@@ -834,8 +834,10 @@ impl PartitionLog {
                 seg.delete()?;
             }
         }
-        let removed = self.active_mut().truncate_to(offset)?;
+        // The removed segments must be gone for good before the one below
+        // them is cut: otherwise a power loss could keep them behind it.
         sync_dir(&self.dir)?;
+        let removed = self.active_mut().truncate_to(offset)?;
         let log_end = self.log_end_offset();
         tracing::info!(dir = %self.dir.display(), offset, log_end, removed_bytes = removed, "truncated log");
         self.log_start_offset = self.log_start_offset.min(log_end);
@@ -855,41 +857,34 @@ impl PartitionLog {
     /// whose log no longer overlaps the leader's).
     pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<(), StorageError> {
         let offset = offset.max(0);
-        // Keep at least one segment at every step, even if the disk fails
-        // half way: first get the new segment, then drop the others.
-        let mut old = std::mem::take(&mut self.segments);
-        let fresh = match old.iter().position(|s| s.base_offset() == offset) {
-            Some(i) => {
-                let mut seg = old.remove(i);
-                if let Err(e) = seg.truncate_to(offset) {
-                    old.insert(i, seg);
-                    self.segments = old;
-                    return Err(e);
-                }
-                seg
+        // A crash at any point must leave a prefix of the old log or the new
+        // one, never newer segments behind an emptied older one: drop the
+        // newest segments first. At least one segment stays at every step.
+        while self.segments.len() > 1 {
+            if let Some(seg) = self.segments.pop() {
+                let r = seg.delete();
+                self.clamp_to_log_end();
+                r?;
             }
-            None => match Segment::create(
+        }
+        // Their removal must be durable before the oldest is cut.
+        sync_dir(&self.dir)?;
+        // A new segment below the oldest would have its data after the new
+        // log end: empty the oldest first.
+        let oldest = self.segments[0].base_offset();
+        if offset <= oldest {
+            let r = self.segments[0].truncate_to(oldest);
+            self.clamp_to_log_end();
+            r?;
+        }
+        if oldest != offset {
+            let fresh = Segment::create(
                 &self.dir,
                 offset,
                 self.config.index_interval_bytes,
                 wall_clock_ms(),
-            ) {
-                Ok(seg) => seg,
-                Err(e) => {
-                    self.segments = old;
-                    return Err(e);
-                }
-            },
-        };
-        self.segments.push(fresh);
-        let mut first_err = None;
-        for seg in old {
-            if let Err(e) = seg.delete() {
-                first_err.get_or_insert(e);
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
+            )?;
+            std::mem::replace(&mut self.segments[0], fresh).delete()?;
         }
         sync_dir(&self.dir)?;
         tracing::info!(dir = %self.dir.display(), offset, "truncated log fully");
@@ -902,6 +897,15 @@ impl PartitionLog {
         self.discard_producer_snapshot()?;
         self.producers.clear();
         self.write_checkpoint()
+    }
+
+    /// Keeps the offsets kept in memory within the log after a part of a
+    /// truncation.
+    fn clamp_to_log_end(&mut self) {
+        let log_end = self.log_end_offset();
+        self.log_start_offset = self.log_start_offset.min(log_end);
+        self.high_watermark = self.high_watermark.min(log_end);
+        self.recovery_point = self.recovery_point.min(log_end);
     }
 
     /// Moves the log start offset forward (DeleteRecords) and deletes the
