@@ -940,11 +940,14 @@ impl PartitionLog {
         self.log_start_offset = offset.max(self.log_start_offset);
         self.high_watermark = self.high_watermark.max(self.log_start_offset);
         self.recovery_point = self.recovery_point.max(self.log_start_offset);
+        self.producers.evict_below(self.log_start_offset);
+        // The log start first: a crash in between leaves epochs that the
+        // next open cuts at the log start, never epochs cut beyond it.
+        self.write_checkpoint()?;
         if self.epochs.truncate_from_start(self.log_start_offset) {
             self.epochs.persist()?;
         }
-        self.producers.evict_below(self.log_start_offset);
-        self.write_checkpoint()
+        Ok(())
     }
 
     /// Deletes the oldest segments that are past `retention_ms` (by their
