@@ -869,14 +869,16 @@ impl PartitionLog {
         }
         // Their removal must be durable before the oldest is cut.
         sync_dir(&self.dir)?;
-        // A new segment below the oldest would have its data after the new
-        // log end: empty the oldest first.
+        // Recovery checks only the last segment for a torn tail, and a crash
+        // can leave the oldest before the new one: sync it first. A new one
+        // below it would have its data after the new log end: empty it.
         let oldest = self.segments[0].base_offset();
-        if offset <= oldest {
-            let r = self.segments[0].truncate_to(oldest);
-            self.clamp_to_log_end();
-            r?;
-        }
+        let r = match offset.cmp(&oldest) {
+            std::cmp::Ordering::Greater => self.segments[0].flush(),
+            _ => self.segments[0].truncate_to(oldest).map(drop),
+        };
+        self.clamp_to_log_end();
+        r?;
         if oldest != offset {
             let fresh = Segment::create(
                 &self.dir,
