@@ -312,6 +312,19 @@ impl PartitionLog {
         if epochs_changed {
             log.epochs.persist()?;
         }
+        // Unflushed data above a checkpointed log start can be lost to a
+        // power loss: then the log is empty and starts there (as Kafka's
+        // recovery does), rather than going back below it.
+        let checkpointed_start = checkpoint.as_ref().map_or(0, |c| c.log_start_offset);
+        if checkpointed_start > log.log_end_offset() {
+            tracing::warn!(
+                dir = %dir.display(),
+                log_end = log.log_end_offset(),
+                log_start = checkpointed_start,
+                "the log ends before its checkpointed start, starting it empty there"
+            );
+            log.truncate_fully_and_start_at(checkpointed_start)?;
+        }
         // The marker must be gone for good before any append: after a crash
         // its presence would skip recovery of a torn tail.
         if clean {

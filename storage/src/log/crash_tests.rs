@@ -660,3 +660,30 @@ fn a_segment_left_behind_a_new_one_is_never_torn() {
         }
     }
 }
+
+/// A checkpointed log start survives even when the unflushed data above it
+/// is lost: the log reopens empty at that start, not back below it.
+#[test]
+fn a_checkpointed_log_start_never_goes_back() {
+    let dir = crate::fs::sim::scratch_dir();
+    let disk = SimDisk::new(dir.path());
+    let config = LogConfig::default();
+    let mut log = reopen(dir.path(), &config);
+    let mut rng = Rng::new(4);
+    for _ in 0..3 {
+        let input = random_batch(&mut rng, 1000, None, 100);
+        append_expecting_success(&mut log, &input, 0);
+    }
+    let start = log.log_end_offset() - 1;
+    log.set_high_watermark(start);
+    log.advance_log_start(start).unwrap();
+    crash(log);
+    disk.power_loss(Outcome::Worst);
+    let mut log = reopen(dir.path(), &config);
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (start, start)
+    );
+    let added = assert_append_works(&mut log, &mut rng, 0, 1000);
+    assert_eq!(added.base, start);
+}
