@@ -30,9 +30,13 @@ pub(super) fn run_n_cases(
     only: &str,
     mut f: impl FnMut(&mut Rng, &Path),
 ) {
-    let only_case: Option<u64> = std::env::var(only).ok().and_then(|v| v.parse().ok());
+    // Any case number may be rerun alone, also one beyond `cases`.
+    let range = match std::env::var(only).ok().and_then(|v| v.parse::<u64>().ok()) {
+        Some(case) => case..case + 1,
+        None => 0..cases,
+    };
     let root = crate::fs::sim::scratch_dir();
-    for case in (0..cases).filter(|c| only_case.is_none_or(|o| o == *c)) {
+    for case in range {
         let dir = root.path().join(format!("case-{case}"));
         let mut rng = Rng::new(salt ^ case);
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(&mut rng, &dir))) {
