@@ -880,8 +880,13 @@ impl PartitionLog {
                 r?;
             }
         }
-        // Their removal must be durable before the oldest is cut.
+        // Their removal must be durable before the oldest is cut, and so must
+        // the end of the epochs: a crash can leave the oldest segment with the
+        // new one after it, and a hole between.
         sync_dir(&self.dir)?;
+        if self.epochs.truncate_from_end(self.log_end_offset()) {
+            self.epochs.persist()?;
+        }
         // Recovery checks only the last segment for a torn tail, and a crash
         // can leave the oldest before the new one: sync it first. A new one
         // below it would have its data after the new log end: empty it.
