@@ -881,8 +881,9 @@ impl PartitionLog {
             }
         }
         // Their removal must be durable before the oldest is cut, and so must
-        // the end of the epochs: a crash can leave the oldest segment with the
-        // new one after it, and a hole between.
+        // the end of the epochs and producer snapshot: a crash can leave the
+        // oldest segment with the new one after it, and a hole between.
+        self.discard_producer_snapshot()?;
         sync_dir(&self.dir)?;
         if self.epochs.truncate_from_end(self.log_end_offset()) {
             self.epochs.persist()?;
