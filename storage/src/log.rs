@@ -1024,9 +1024,15 @@ impl PartitionLog {
         self.segments.len() > 1 && self.segments[1].base_offset() <= self.high_watermark
     }
 
+    /// Removes the producer snapshot, durably: a snapshot that came back
+    /// after the log changed under it would describe batches no longer there.
     fn discard_producer_snapshot(&mut self) -> Result<(), StorageError> {
         self.snapshot_offset = None;
-        remove_if_exists(&self.dir.join(PRODUCER_SNAPSHOT_FILE))
+        match fs::remove_file(self.dir.join(PRODUCER_SNAPSHOT_FILE)) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn write_checkpoint(&mut self) -> Result<(), StorageError> {
