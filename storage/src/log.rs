@@ -283,7 +283,11 @@ impl PartitionLog {
             epochs_changed |= log.epochs.truncate_from_end(log_end);
             epochs_changed |= log.epochs.truncate_from_start(log_start);
             match snapshot {
-                Some((off, state)) => {
+                Some((off, mut state)) => {
+                    // Producers whose batches were all deleted before the
+                    // snapshot's batches were replayed were forgotten then;
+                    // forget them before replaying too, as the running log did.
+                    state.evict_below(log_start);
                     log.producers = state;
                     log.rebuild_producers_from(off)?;
                 }
