@@ -154,6 +154,9 @@ pub struct PartitionLog {
     recovery_point: i64,
     /// Wall clock time of the last flush, for `flush.ms`.
     last_flush_ms: i64,
+    /// Set when a failed append could not be undone: appends are refused
+    /// until the log is reopened.
+    failed: Option<String>,
 }
 
 struct Checkpoint {
@@ -276,6 +279,7 @@ impl PartitionLog {
             snapshot_offset,
             recovery_point: log_end,
             last_flush_ms: wall_clock_ms(),
+            failed: None,
         };
 
         let mut epochs_changed = false;
@@ -475,6 +479,7 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
+        self.check_appendable()?;
         let batches = batch::validate_all(records, Origin::Client)?;
         if batches.is_empty() {
             return Err(StorageError::InvalidRecord("no record batches".into()));
@@ -546,7 +551,7 @@ impl PartitionLog {
                 }
             }
         }
-        self.active_mut().append(&data, &headers, now_ms)?;
+        self.append_to_active(&data, &headers, now_ms)?;
         self.producers.commit(staged);
         self.maybe_flush_after_append()?;
         Ok(AppendInfo {
@@ -565,6 +570,7 @@ impl PartitionLog {
         &mut self,
         records: &[u8],
     ) -> Result<Option<AppendInfo>, StorageError> {
+        self.check_appendable()?;
         let batches = batch::validate_all(records, Origin::Replica)?;
         let log_end = self.log_end_offset();
         let skip = batches
@@ -607,7 +613,7 @@ impl PartitionLog {
         if epochs_changed {
             self.epochs.persist()?;
         }
-        self.active_mut().append(data, &headers, now_ms)?;
+        self.append_to_active(data, &headers, now_ms)?;
         for (_, h) in batches {
             self.producers.apply_replicated(h);
         }
@@ -623,6 +629,29 @@ impl PartitionLog {
                 .max()
                 .unwrap_or(-1),
         }))
+    }
+
+    fn check_appendable(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(why) => Err(StorageError::LogFailed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes to the active segment; remembers a failure that left the
+    /// segment in a state appends must not build on.
+    fn append_to_active(
+        &mut self,
+        data: &[u8],
+        headers: &[(usize, BatchHeader)],
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let r = self.active_mut().append(data, headers, now_ms);
+        if let Err(StorageError::LogFailed(why)) = &r {
+            tracing::error!(dir = %self.dir.display(), reason = %why, "refusing appends until the log is reopened");
+            self.failed = Some(why.clone());
+        }
+        r
     }
 
     /// Rolls before appending `bytes` ending at `last_offset` if the active

@@ -475,9 +475,16 @@ impl Segment {
         }
         let start = self.size;
         if let Err(e) = self.file.write_all(data) {
-            // Best effort: do not leave half a batch behind.
-            let _ = self.file.set_len(start);
-            return Err(e.into());
+            // Do not leave half a batch behind: the file is opened O_APPEND,
+            // so the next write would land after it, at a position the
+            // indexes do not know.
+            return Err(match self.file.set_len(start) {
+                Ok(()) => e.into(),
+                Err(cut) => StorageError::LogFailed(format!(
+                    "{}: an append failed ({e}) and cutting its partial data back to {start} bytes failed too ({cut})",
+                    self.log_path.display()
+                )),
+            });
         }
         self.size += data.len() as u64;
         self.dirty = true;

@@ -687,3 +687,66 @@ fn a_checkpointed_log_start_never_goes_back() {
     let added = assert_append_works(&mut log, &mut rng, 0, 1000);
     assert_eq!(added.base, start);
 }
+
+/// A write that fails half way (ENOSPC after some bytes) leaves nothing
+/// behind: the next append lands where the failed one would have.
+#[test]
+fn a_failed_append_leaves_no_partial_batch() {
+    let dir = crate::fs::sim::scratch_dir();
+    let disk = SimDisk::new(dir.path());
+    let config = LogConfig::default();
+    let mut log = reopen(dir.path(), &config);
+    let mut rng = Rng::new(21);
+    let first = append_expecting_success(&mut log, &random_batch(&mut rng, 1000, None, 300), 0);
+    let path = active_segment(&log);
+    disk.fail_write(&path, 30);
+    let input = random_batch(&mut rng, 1000, None, 300);
+    assert!(log.append_as_leader(&input, 0, 0).is_err());
+    let second = append_expecting_success(&mut log, &input, 0);
+    assert_eq!(second[0].base, first.last().unwrap().next);
+    let all: Vec<Stored> = first.into_iter().chain(second).collect();
+    assert_reads(&log, &all, &mut rng);
+    crash(log);
+    assert_reads(&reopen(dir.path(), &config), &all, &mut rng);
+}
+
+/// If cutting the partial batch off fails too, the log refuses appends
+/// (rather than writing after the garbage, at positions it does not know)
+/// until it is reopened, whose recovery cuts the garbage.
+#[test]
+fn a_failed_append_that_cannot_be_undone_stops_appends() {
+    let dir = crate::fs::sim::scratch_dir();
+    let disk = SimDisk::new(dir.path());
+    let config = LogConfig::default();
+    let mut log = reopen(dir.path(), &config);
+    let mut rng = Rng::new(22);
+    let first = append_expecting_success(&mut log, &random_batch(&mut rng, 1000, None, 300), 0);
+    let path = active_segment(&log);
+    disk.fail_write(&path, 30);
+    disk.fail_set_len(&path);
+    let input = random_batch(&mut rng, 1000, None, 300);
+    assert!(log.append_as_leader(&input, 0, 0).is_err());
+    for _ in 0..2 {
+        match log.append_as_leader(&input, 0, 0) {
+            Err(StorageError::LogFailed(msg)) => assert!(msg.contains("append"), "{msg}"),
+            other => panic!("an append after a torn one must be refused: {other:?}"),
+        }
+    }
+    let follower = stamp(&input, log.log_end_offset(), 0);
+    assert!(matches!(
+        log.append_as_follower(&follower[0].bytes),
+        Err(StorageError::LogFailed(_))
+    ));
+    // What was there is still served.
+    assert_reads(&log, &first, &mut rng);
+    crash(log);
+    let mut log = reopen(dir.path(), &config);
+    assert_reads(&log, &first, &mut rng);
+    let second = append_expecting_success(&mut log, &input, 0);
+    let all: Vec<Stored> = first.into_iter().chain(second).collect();
+    assert_reads(&log, &all, &mut rng);
+}
+
+fn active_segment(log: &PartitionLog) -> PathBuf {
+    log.active().log_path().to_path_buf()
+}
