@@ -107,6 +107,12 @@ impl Meta {
     }
 }
 
+/// Tests: the write batches of a store, in order, with their sync flags.
+#[cfg(test)]
+type Batches = Vec<(Vec<u8>, bool)>;
+#[cfg(test)]
+type Recorded = Arc<std::sync::Mutex<Batches>>;
+
 /// A Raft log in RocksDB. Cloning is cheap and shares the database and the
 /// cached metadata, so the `RawNode` can own one clone while the driver
 /// writes through another.
@@ -116,7 +122,7 @@ pub struct RaftLogStore {
     meta: Arc<RwLock<Meta>>,
     /// Tests: every write batch and its sync flag, in order.
     #[cfg(test)]
-    recorded: Option<Arc<std::sync::Mutex<Vec<(Vec<u8>, bool)>>>>,
+    recorded: Option<Recorded>,
 }
 
 impl std::fmt::Debug for RaftLogStore {
@@ -976,7 +982,7 @@ mod power_loss_tests {
 
     /// One random run; returns the batches written and the store's view
     /// after each.
-    fn run(rng: &mut Rng, dir: &Path) -> (Vec<(Vec<u8>, bool)>, Vec<Option<View>>) {
+    fn run(rng: &mut Rng, dir: &Path) -> (Batches, Vec<Option<View>>) {
         let mut store = RaftLogStore::open(dir).unwrap();
         let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
         store.recorded = Some(recorded.clone());
@@ -1063,8 +1069,6 @@ mod power_loss_tests {
         assert_eq!(batches.len(), views.len());
         (batches, views)
     }
-
-    type Recorded = Arc<std::sync::Mutex<Vec<(Vec<u8>, bool)>>>;
 
     /// After each call: the view as of its last batch. A call that wrote
     /// several has no view for the batches before its last (the store's
