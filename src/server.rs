@@ -528,9 +528,12 @@ fn spawn_housekeeping(
         move || r.enforce_retention(),
     );
     let r = replicas.clone();
-    spawn_periodic("flush", config.flush_check_interval, stop.clone(), move || {
-        r.flush_due_logs()
-    });
+    spawn_periodic(
+        "flush",
+        config.flush_check_interval,
+        stop.clone(),
+        move || r.flush_due_logs(),
+    );
     spawn_periodic("checkpoint", config.checkpoint_interval, stop, move || {
         replicas.checkpoint()
     });

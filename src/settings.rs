@@ -337,6 +337,23 @@ mod tests {
     }
 
     #[test]
+    fn flush_settings_default_to_never() {
+        let load = |o: &[&str]| {
+            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            let s = Settings::load(None, std::iter::empty(), &o).unwrap();
+            (
+                s.parse::<i64>("log.flush.interval.messages").unwrap(),
+                s.flush_ms().unwrap(),
+            )
+        };
+        assert_eq!(load(&[]), (i64::MAX, i64::MAX));
+        assert_eq!(
+            load(&["log.flush.interval.messages=1", "log.flush.interval.ms=250"]),
+            (1, 250)
+        );
+    }
+
+    #[test]
     fn listeners() {
         let l = parse_listener("PLAINTEXT://127.0.0.1:9092").unwrap();
         assert_eq!((l.host.as_str(), l.port), ("127.0.0.1", 9092));
