@@ -9,7 +9,7 @@
 //!
 //! A directory is fsynced the POSIX way: `File::open(dir)?.sync_all()`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -92,6 +92,12 @@ impl Write for File {
     }
 }
 
+impl Seek for File {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
 impl FileExt for File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.inner.read_at(buf, offset)
@@ -110,6 +116,7 @@ impl FileExt for File {
 pub struct OpenOptions {
     inner: std::fs::OpenOptions,
     create: bool,
+    create_new: bool,
 }
 
 impl OpenOptions {
@@ -117,6 +124,7 @@ impl OpenOptions {
         OpenOptions {
             inner: std::fs::OpenOptions::new(),
             create: false,
+            create_new: false,
         }
     }
 
@@ -146,15 +154,23 @@ impl OpenOptions {
         self
     }
 
+    pub fn create_new(&mut self, create_new: bool) -> &mut Self {
+        self.inner.create_new(create_new);
+        self.create_new = create_new;
+        self
+    }
+
     pub fn open<P: AsRef<Path>>(&self, path: P) -> io::Result<File> {
         let path = path.as_ref();
         #[cfg(test)]
-        if self.create {
+        let create = self.create || self.create_new;
+        #[cfg(test)]
+        if create {
             sim::before_path_mutation(path)?;
         }
         let inner = self.inner.open(path)?;
         #[cfg(test)]
-        sim::opened(path, &inner, self.create);
+        sim::opened(path, &inner, create);
         Ok(File { inner })
     }
 }
