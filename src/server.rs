@@ -349,6 +349,8 @@ fn log_config(settings: &Settings) -> Result<LogConfig> {
         retention_bytes: settings.parse("log.retention.bytes")?,
         max_message_bytes: settings.parse("message.max.bytes")?,
         index_interval_bytes: settings.parse("log.index.interval.bytes")?,
+        flush_messages: settings.parse("log.flush.interval.messages")?,
+        flush_ms: settings.flush_ms()?,
     })
 }
 
@@ -418,6 +420,13 @@ fn broker_config(
         Duration::from_millis(settings.parse("log.retention.check.interval.ms")?);
     config.checkpoint_interval =
         Duration::from_millis(settings.parse("replica.high.watermark.checkpoint.interval.ms")?);
+    // Kafka's default is Long.MAX ("never"); a timer needs a period it can add
+    // to the clock.
+    config.flush_check_interval = Duration::from_millis(
+        settings
+            .parse::<u64>("log.flush.scheduler.interval.ms")?
+            .clamp(1, 365 * 24 * 3_600_000),
+    );
     config.replica_lag_time_max = Duration::from_millis(settings.parse("replica.lag.time.max.ms")?);
     config.replica_fetch_wait_max =
         Duration::from_millis(settings.parse("replica.fetch.wait.max.ms")?);
@@ -558,6 +567,13 @@ fn spawn_housekeeping(
         config.retention_check_interval,
         stop.clone(),
         move || r.enforce_retention(),
+    );
+    let r = replicas.clone();
+    spawn_periodic(
+        "flush",
+        config.flush_check_interval,
+        stop.clone(),
+        move || r.flush_due_logs(),
     );
     spawn_periodic("checkpoint", config.checkpoint_interval, stop, move || {
         replicas.checkpoint();

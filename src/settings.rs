@@ -30,6 +30,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("log.segment.bytes", "1073741824"),
     ("log.roll.ms", "604800000"),
     ("log.index.interval.bytes", "4096"),
+    ("log.flush.interval.messages", "9223372036854775807"),
+    ("log.flush.interval.ms", ""),
+    ("log.flush.scheduler.interval.ms", "1000"),
     ("message.max.bytes", "1048588"),
     ("socket.request.max.bytes", "104857600"),
     ("max.connections", "10000"),
@@ -155,6 +158,17 @@ impl Settings {
             return Ok(self.parse::<i64>("log.retention.hours")? * 3_600_000);
         }
         self.parse("log.retention.ms")
+    }
+
+    /// `log.flush.interval.ms`; unset means never (`i64::MAX`). Kafka falls
+    /// back to `log.flush.scheduler.interval.ms` here, whose Kafka default is
+    /// also "never"; Sluice's scheduler checks every second, so falling back
+    /// would turn time-based flushing on by default.
+    pub fn flush_ms(&self) -> Result<i64> {
+        if self.get("log.flush.interval.ms").trim().is_empty() {
+            return Ok(i64::MAX);
+        }
+        self.parse("log.flush.interval.ms")
     }
 
     /// Every setting with its value and whether it was set explicitly.
@@ -320,6 +334,23 @@ mod tests {
             120_000
         );
         assert_eq!(load(&["log.retention.minutes=2", "log.retention.ms=5"]), 5);
+    }
+
+    #[test]
+    fn flush_settings_default_to_never() {
+        let load = |o: &[&str]| {
+            let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+            let s = Settings::load(None, std::iter::empty(), &o).unwrap();
+            (
+                s.parse::<i64>("log.flush.interval.messages").unwrap(),
+                s.flush_ms().unwrap(),
+            )
+        };
+        assert_eq!(load(&[]), (i64::MAX, i64::MAX));
+        assert_eq!(
+            load(&["log.flush.interval.messages=1", "log.flush.interval.ms=250"]),
+            (1, 250)
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// `replica.high.watermark.checkpoint.interval.ms`
     pub checkpoint_interval: Duration,
+    /// `log.flush.scheduler.interval.ms`: how often `flush.ms` is checked.
+    pub flush_check_interval: Duration,
     /// `replica.lag.time.max.ms`: a follower that has not caught up for this
     /// long leaves the ISR; the leader checks every half of it.
     pub replica_lag_time_max: Duration,
@@ -75,6 +77,7 @@ impl BrokerConfig {
             max_connections: 10_000,
             retention_check_interval: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(5),
+            flush_check_interval: Duration::from_secs(1),
             replica_lag_time_max: Duration::from_millis(30_000),
             replica_fetch_wait_max: Duration::from_millis(500),
             replica_fetch_min_bytes: 1,

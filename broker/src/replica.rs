@@ -58,6 +58,12 @@ pub fn effective_log_config(
     if let Some(v) = get("index.interval.bytes") {
         config.index_interval_bytes = v.max(1) as usize;
     }
+    if let Some(v) = get("flush.messages") {
+        config.flush_messages = v.max(1);
+    }
+    if let Some(v) = get("flush.ms") {
+        config.flush_ms = v.max(0);
+    }
     config
 }
 
@@ -887,6 +893,16 @@ impl ReplicaManager {
         }
     }
 
+    /// `flush.ms`: fsyncs the logs whose unflushed data is old enough.
+    pub fn flush_due_logs(&self) {
+        let now = now_ms();
+        for partition in self.partitions() {
+            if let Err(e) = partition.state().log.flush_if_due(now) {
+                warn!(topic = %partition.topic, partition = partition.index, error = %e, "flush failed");
+            }
+        }
+    }
+
     /// Persists high watermarks and log start offsets.
     pub fn checkpoint(&self) {
         for partition in self.partitions() {
@@ -1040,6 +1056,18 @@ mod tests {
         let config = effective_log_config(&defaults, Some(&configs));
         assert_eq!(config.retention_ms, 1000);
         assert_eq!(config.segment_bytes, defaults.segment_bytes);
+    }
+
+    #[test]
+    fn flush_topic_configs_reach_the_log() {
+        let defaults = LogConfig::default();
+        assert_eq!(defaults.flush_messages, i64::MAX);
+        assert_eq!(defaults.flush_ms, i64::MAX);
+        let mut configs = BTreeMap::new();
+        configs.insert("flush.messages".to_string(), "1".to_string());
+        configs.insert("flush.ms".to_string(), "250".to_string());
+        let config = effective_log_config(&defaults, Some(&configs));
+        assert_eq!((config.flush_messages, config.flush_ms), (1, 250));
     }
 
     use sluice_metadata::{

@@ -270,4 +270,21 @@ mod tests {
         assert!(validate_topic_config("no.such.config", "1").is_err());
         assert!(validate_topic_config("preallocate", "TRUE").is_ok());
     }
+
+    /// The log honours these (sluice-storage `LogConfig`), with Kafka's
+    /// bounds: flush.messages >= 1, flush.ms >= 0.
+    #[test]
+    fn flush_configs_are_accepted() {
+        for (name, value) in [
+            ("flush.messages", "1"),
+            ("flush.messages", "9223372036854775807"),
+            ("flush.ms", "0"),
+            ("flush.ms", "1000"),
+        ] {
+            assert_eq!(validate_topic_config(name, value), Ok(()), "{name}={value}");
+        }
+        assert!(validate_topic_config("flush.messages", "0").is_err());
+        assert!(validate_topic_config("flush.ms", "-1").is_err());
+        assert!(validate_topic_config("flush.ms", "soon").is_err());
+    }
 }

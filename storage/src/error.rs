@@ -68,4 +68,10 @@ pub enum StorageError {
     /// recovery, which truncates instead). Kafka: `KAFKA_STORAGE_ERROR`.
     #[error("corrupt log data: {0}")]
     CorruptLog(String),
+
+    /// An append failed half way and its partial data could not be cut off:
+    /// the log refuses appends until it is reopened (recovery cuts the
+    /// partial batch). Kafka: `KAFKA_STORAGE_ERROR`.
+    #[error("log refuses appends until reopened: {0}")]
+    LogFailed(String),
 }

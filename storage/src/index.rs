@@ -11,10 +11,10 @@
 //! fails the sanity checks on load is reported as corrupt and the segment
 //! rebuilds it.
 
-use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::fs::{self, File, OpenOptions};
 use crate::StorageError;
 
 /// One offset index entry.
@@ -167,7 +167,7 @@ impl<E: Entry> IndexFile<E> {
 
     fn delete(self) -> Result<(), StorageError> {
         drop(self.file);
-        match std::fs::remove_file(&self.path) {
+        match fs::remove_file(&self.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }

@@ -65,7 +65,7 @@ impl LeaderEpochCache {
     /// not parse, in which case the cache starts empty and should be rebuilt
     /// from the log.
     pub fn load(path: &Path) -> Result<(Self, bool), StorageError> {
-        let (entries, found) = match std::fs::read_to_string(path) {
+        let (entries, found) = match crate::fs::read_to_string(path) {
             Ok(text) => match parse(&text) {
                 Some(e) => (e, true),
                 None => {

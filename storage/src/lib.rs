@@ -7,6 +7,7 @@
 
 pub mod batch;
 mod error;
+pub mod fs;
 pub mod index;
 pub mod leader_epoch;
 pub mod log;
@@ -20,3 +21,6 @@ pub use log::{
 
 #[cfg(feature = "raft-store")]
 pub mod raft_store;
+
+#[cfg(test)]
+mod test_rng;

@@ -16,13 +16,13 @@
 //! shutdown the active segment is scanned (headers and CRCs) and cut at the
 //! first torn or corrupt batch.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{self, BatchHeader, Origin, HEADER_SIZE};
+use crate::fs::{self, File};
 use crate::leader_epoch::{EpochEntry, LeaderEpochCache};
 use crate::producer_state::{ProducerStateManager, SequenceCheck};
 use crate::segment::{parse_segment_file_name, Segment};
@@ -59,7 +59,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
+    fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
@@ -67,7 +67,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
-    match std::fs::remove_file(path) {
+    match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }
@@ -88,6 +88,12 @@ pub struct LogConfig {
     pub max_message_bytes: usize,
     /// `index.interval.bytes`: bytes of log between index entries.
     pub index_interval_bytes: usize,
+    /// `flush.messages`: fsync as soon as this many offsets have been
+    /// appended since the last flush (`i64::MAX`: never for that reason).
+    pub flush_messages: i64,
+    /// `flush.ms`: [`PartitionLog::flush_if_due`] fsyncs data that has been
+    /// waiting this long (`i64::MAX`: never for that reason).
+    pub flush_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -100,6 +106,8 @@ impl Default for LogConfig {
             retention_bytes: -1,
             max_message_bytes: 1_048_588,
             index_interval_bytes: 4096,
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
         }
     }
 }
@@ -143,6 +151,14 @@ pub struct PartitionLog {
     checkpointed: Option<(i64, i64)>,
     /// Log end offset covered by the producer snapshot on disk, if any.
     snapshot_offset: Option<i64>,
+    /// Everything below this offset has been fsynced (Kafka's recovery
+    /// point); `flush.messages` counts the offsets above it.
+    recovery_point: i64,
+    /// Wall clock time of the last flush, for `flush.ms`.
+    last_flush_ms: i64,
+    /// Set when a failed append could not be undone: appends are refused
+    /// until the log is reopened.
+    failed: Option<String>,
 }
 
 struct Checkpoint {
@@ -151,7 +167,7 @@ struct Checkpoint {
 }
 
 fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = fs::read_to_string(path).ok()?;
     let mut lines = text.lines();
     if lines.next()?.trim() != "0" {
         return None;
@@ -180,13 +196,13 @@ impl PartitionLog {
     /// recovered when the last shutdown was not clean.
     pub fn open(dir: &Path, mut config: LogConfig) -> Result<Self, StorageError> {
         config.segment_bytes = config.segment_bytes.min(i32::MAX as u64);
-        std::fs::create_dir_all(dir)?;
+        fs::create_dir_all(dir)?;
         let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean = clean_marker.exists();
 
         let mut bases = Vec::new();
         let mut index_files = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
+        for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -247,7 +263,7 @@ impl PartitionLog {
             .clamp(log_start, log_end);
 
         let (epochs, epochs_found) = LeaderEpochCache::load(&dir.join(EPOCH_FILE))?;
-        let snapshot = std::fs::read(dir.join(PRODUCER_SNAPSHOT_FILE))
+        let snapshot = fs::read(dir.join(PRODUCER_SNAPSHOT_FILE))
             .ok()
             .and_then(|b| ProducerStateManager::decode_snapshot(&b))
             .filter(|(off, _)| *off >= log_start && *off <= log_end);
@@ -263,6 +279,9 @@ impl PartitionLog {
             producers: ProducerStateManager::new(),
             checkpointed: None,
             snapshot_offset,
+            recovery_point: log_end,
+            last_flush_ms: wall_clock_ms(),
+            failed: None,
         };
 
         let mut epochs_changed = false;
@@ -270,7 +289,11 @@ impl PartitionLog {
             epochs_changed |= log.epochs.truncate_from_end(log_end);
             epochs_changed |= log.epochs.truncate_from_start(log_start);
             match snapshot {
-                Some((off, state)) => {
+                Some((off, mut state)) => {
+                    // Producers whose batches were all deleted before the
+                    // snapshot's batches were replayed were forgotten then;
+                    // forget them before replaying too, as the running log did.
+                    state.evict_below(log_start);
                     log.producers = state;
                     log.rebuild_producers_from(off)?;
                 }
@@ -298,6 +321,19 @@ impl PartitionLog {
         log.producers.evict_below(log_start);
         if epochs_changed {
             log.epochs.persist()?;
+        }
+        // Unflushed data above a checkpointed log start can be lost to a
+        // power loss: then the log is empty and starts there (as Kafka's
+        // recovery does), rather than going back below it.
+        let checkpointed_start = checkpoint.as_ref().map_or(0, |c| c.log_start_offset);
+        if checkpointed_start > log.log_end_offset() {
+            tracing::warn!(
+                dir = %dir.display(),
+                log_end = log.log_end_offset(),
+                log_start = checkpointed_start,
+                "the log ends before its checkpointed start, starting it empty there"
+            );
+            log.truncate_fully_and_start_at(checkpointed_start)?;
         }
         // The marker must be gone for good before any append: after a crash
         // its presence would skip recovery of a torn tail.
@@ -445,6 +481,7 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
+        self.check_appendable()?;
         let batches = batch::validate_all(records, Origin::Client)?;
         if batches.is_empty() {
             return Err(StorageError::InvalidRecord("no record batches".into()));
@@ -516,8 +553,9 @@ impl PartitionLog {
                 }
             }
         }
-        self.active_mut().append(&data, &headers, now_ms)?;
+        self.append_to_active(&data, &headers, now_ms)?;
         self.producers.commit(staged);
+        self.maybe_flush_after_append()?;
         Ok(AppendInfo {
             base_offset: log_end,
             last_offset,
@@ -534,6 +572,7 @@ impl PartitionLog {
         &mut self,
         records: &[u8],
     ) -> Result<Option<AppendInfo>, StorageError> {
+        self.check_appendable()?;
         let batches = batch::validate_all(records, Origin::Replica)?;
         let log_end = self.log_end_offset();
         let skip = batches
@@ -576,10 +615,11 @@ impl PartitionLog {
         if epochs_changed {
             self.epochs.persist()?;
         }
-        self.active_mut().append(data, &headers, now_ms)?;
+        self.append_to_active(data, &headers, now_ms)?;
         for (_, h) in batches {
             self.producers.apply_replicated(h);
         }
+        self.maybe_flush_after_append()?;
         Ok(Some(AppendInfo {
             base_offset: first.base_offset,
             last_offset: last.last_offset(),
@@ -591,6 +631,29 @@ impl PartitionLog {
                 .max()
                 .unwrap_or(-1),
         }))
+    }
+
+    fn check_appendable(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(why) => Err(StorageError::LogFailed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes to the active segment; remembers a failure that left the
+    /// segment in a state appends must not build on.
+    fn append_to_active(
+        &mut self,
+        data: &[u8],
+        headers: &[(usize, BatchHeader)],
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let r = self.active_mut().append(data, headers, now_ms);
+        if let Err(StorageError::LogFailed(why)) = &r {
+            tracing::error!(dir = %self.dir.display(), reason = %why, "refusing appends until the log is reopened");
+            self.failed = Some(why.clone());
+        }
+        r
     }
 
     /// Rolls before appending `bytes` ending at `last_offset` if the active
@@ -819,12 +882,15 @@ impl PartitionLog {
                 seg.delete()?;
             }
         }
-        let removed = self.active_mut().truncate_to(offset)?;
+        // The removed segments must be gone for good before the one below
+        // them is cut: otherwise a power loss could keep them behind it.
         sync_dir(&self.dir)?;
+        let removed = self.active_mut().truncate_to(offset)?;
         let log_end = self.log_end_offset();
         tracing::info!(dir = %self.dir.display(), offset, log_end, removed_bytes = removed, "truncated log");
         self.log_start_offset = self.log_start_offset.min(log_end);
         self.high_watermark = self.high_watermark.min(log_end);
+        self.recovery_point = self.recovery_point.min(log_end);
         if self.epochs.truncate_from_end(log_end) {
             self.epochs.persist()?;
         }
@@ -839,52 +905,63 @@ impl PartitionLog {
     /// whose log no longer overlaps the leader's).
     pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<(), StorageError> {
         let offset = offset.max(0);
-        // Keep at least one segment at every step, even if the disk fails
-        // half way: first get the new segment, then drop the others.
-        let mut old = std::mem::take(&mut self.segments);
-        let fresh = match old.iter().position(|s| s.base_offset() == offset) {
-            Some(i) => {
-                let mut seg = old.remove(i);
-                if let Err(e) = seg.truncate_to(offset) {
-                    old.insert(i, seg);
-                    self.segments = old;
-                    return Err(e);
-                }
-                seg
+        // A crash at any point must leave a prefix of the old log or the new
+        // one, never newer segments behind an emptied older one: drop the
+        // newest segments first. At least one segment stays at every step.
+        while self.segments.len() > 1 {
+            if let Some(seg) = self.segments.pop() {
+                let r = seg.delete();
+                self.clamp_to_log_end();
+                r?;
             }
-            None => match Segment::create(
+        }
+        // Their removal must be durable before the oldest is cut, and so must
+        // the end of the epochs and producer snapshot: a crash can leave the
+        // oldest segment with the new one after it, and a hole between.
+        self.discard_producer_snapshot()?;
+        sync_dir(&self.dir)?;
+        if self.epochs.truncate_from_end(self.log_end_offset()) {
+            self.epochs.persist()?;
+        }
+        // Recovery checks only the last segment for a torn tail, and a crash
+        // can leave the oldest before the new one: sync it first. A new one
+        // below it would have its data after the new log end: empty it.
+        let oldest = self.segments[0].base_offset();
+        let r = match offset.cmp(&oldest) {
+            std::cmp::Ordering::Greater => self.segments[0].flush(),
+            _ => self.segments[0].truncate_to(oldest).map(drop),
+        };
+        self.clamp_to_log_end();
+        r?;
+        if oldest != offset {
+            let fresh = Segment::create(
                 &self.dir,
                 offset,
                 self.config.index_interval_bytes,
                 wall_clock_ms(),
-            ) {
-                Ok(seg) => seg,
-                Err(e) => {
-                    self.segments = old;
-                    return Err(e);
-                }
-            },
-        };
-        self.segments.push(fresh);
-        let mut first_err = None;
-        for seg in old {
-            if let Err(e) = seg.delete() {
-                first_err.get_or_insert(e);
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
+            )?;
+            std::mem::replace(&mut self.segments[0], fresh).delete()?;
         }
         sync_dir(&self.dir)?;
         tracing::info!(dir = %self.dir.display(), offset, "truncated log fully");
         self.log_start_offset = offset;
         self.high_watermark = offset;
+        self.recovery_point = offset;
         if self.epochs.clear() {
             self.epochs.persist()?;
         }
         self.discard_producer_snapshot()?;
         self.producers.clear();
         self.write_checkpoint()
+    }
+
+    /// Keeps the offsets kept in memory within the log after a part of a
+    /// truncation.
+    fn clamp_to_log_end(&mut self) {
+        let log_end = self.log_end_offset();
+        self.log_start_offset = self.log_start_offset.min(log_end);
+        self.high_watermark = self.high_watermark.min(log_end);
+        self.recovery_point = self.recovery_point.min(log_end);
     }
 
     /// Moves the log start offset forward (DeleteRecords) and deletes the
@@ -918,11 +995,15 @@ impl PartitionLog {
     fn set_log_start(&mut self, offset: i64) -> Result<(), StorageError> {
         self.log_start_offset = offset.max(self.log_start_offset);
         self.high_watermark = self.high_watermark.max(self.log_start_offset);
+        self.recovery_point = self.recovery_point.max(self.log_start_offset);
+        self.producers.evict_below(self.log_start_offset);
+        // The log start first: a crash in between leaves epochs that the
+        // next open cuts at the log start, never epochs cut beyond it.
+        self.write_checkpoint()?;
         if self.epochs.truncate_from_start(self.log_start_offset) {
             self.epochs.persist()?;
         }
-        self.producers.evict_below(self.log_start_offset);
-        self.write_checkpoint()
+        Ok(())
     }
 
     /// Deletes the oldest segments that are past `retention_ms` (by their
@@ -978,9 +1059,15 @@ impl PartitionLog {
         self.segments.len() > 1 && self.segments[1].base_offset() <= self.high_watermark
     }
 
+    /// Removes the producer snapshot, durably: a snapshot that came back
+    /// after the log changed under it would describe batches no longer there.
     fn discard_producer_snapshot(&mut self) -> Result<(), StorageError> {
         self.snapshot_offset = None;
-        remove_if_exists(&self.dir.join(PRODUCER_SNAPSHOT_FILE))
+        match fs::remove_file(self.dir.join(PRODUCER_SNAPSHOT_FILE)) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn write_checkpoint(&mut self) -> Result<(), StorageError> {
@@ -1002,7 +1089,34 @@ impl PartitionLog {
         for seg in &mut self.segments {
             seg.flush()?;
         }
+        self.recovery_point = self.log_end_offset();
+        self.last_flush_ms = wall_clock_ms();
         Ok(())
+    }
+
+    /// Offsets appended since the last flush.
+    pub fn unflushed_messages(&self) -> i64 {
+        self.log_end_offset() - self.recovery_point
+    }
+
+    /// `flush.messages`, checked after each append, before it is answered
+    /// (Kafka counts offsets past the recovery point the same way).
+    fn maybe_flush_after_append(&mut self) -> Result<(), StorageError> {
+        if self.unflushed_messages() >= self.config.flush_messages {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// `flush.ms`: flushes if something is unflushed and the last flush is
+    /// at least `flush_ms` old. Returns true if it flushed.
+    pub fn flush_if_due(&mut self, now_ms: i64) -> Result<bool, StorageError> {
+        let due = self.unflushed_messages() > 0
+            && now_ms.saturating_sub(self.last_flush_ms) >= self.config.flush_ms;
+        if due {
+            self.flush()?;
+        }
+        Ok(due)
     }
 
     /// Flushes segment data, then atomically writes the high watermark and
@@ -1035,7 +1149,7 @@ impl PartitionLog {
     pub fn delete(self) -> Result<(), StorageError> {
         let dir = self.dir.clone();
         drop(self);
-        match std::fs::remove_dir_all(&dir) {
+        match fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
@@ -1044,5 +1158,7 @@ impl PartitionLog {
 
 #[cfg(test)]
 mod corruption_tests;
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,6 @@
 //! are made durable only by [`Segment::flush`] (on roll, checkpoint, close).
 //! Only the 61-byte batch headers are ever parsed; records are not decoded.
 
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader, Origin, HEADER_SIZE};
+use crate::fs::{self, File, OpenOptions};
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use crate::StorageError;
 
@@ -475,9 +475,16 @@ impl Segment {
         }
         let start = self.size;
         if let Err(e) = self.file.write_all(data) {
-            // Best effort: do not leave half a batch behind.
-            let _ = self.file.set_len(start);
-            return Err(e.into());
+            // Do not leave half a batch behind: the file is opened O_APPEND,
+            // so the next write would land after it, at a position the
+            // indexes do not know.
+            return Err(match self.file.set_len(start) {
+                Ok(()) => e.into(),
+                Err(cut) => StorageError::LogFailed(format!(
+                    "{}: an append failed ({e}) and cutting its partial data back to {start} bytes failed too ({cut})",
+                    self.log_path.display()
+                )),
+            });
         }
         self.size += data.len() as u64;
         self.dirty = true;
@@ -749,6 +756,10 @@ impl Segment {
         if self.size == 0 {
             self.created_ms = None;
         }
+        // A truncation is made durable at once: otherwise a power loss can
+        // bring the removed batches back after new ones were written over
+        // them elsewhere (the leader's, or the segments after this one).
+        self.flush()?;
         Ok(removed)
     }
 
@@ -784,7 +795,7 @@ impl Segment {
         drop(file);
         offset_index.delete()?;
         time_index.delete()?;
-        match std::fs::remove_file(&log_path) {
+        match fs::remove_file(&log_path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }

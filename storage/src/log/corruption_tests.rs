@@ -11,76 +11,36 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use super::*;
 use crate::batch::{compute_crc, BatchBuilder};
 use crate::segment::segment_file;
+use crate::test_rng::Rng;
 
 const CASES: u64 = 200;
 const MAX: i64 = i64::MAX;
 
-/// xorshift64* seeded through splitmix64 (so neighbouring seeds diverge).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-
-    /// Roughly log-uniform in `lo..=hi` (`lo >= 1`): as many tiny as huge.
-    fn log_uniform(&mut self, lo: u64, hi: u64) -> u64 {
-        let bits = self.range(u64::from(lo.ilog2()), u64::from(hi.ilog2()));
-        let from = lo.max(1 << bits);
-        let to = hi.min((2 << bits) - 1);
-        self.range(from, to)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    /// `lo..=hi` random bytes.
-    fn bytes_in(&mut self, lo: u64, hi: u64) -> Vec<u8> {
-        let n = self.range(lo, hi) as usize;
-        self.bytes(n)
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
+/// Runs `f` for each case in a fresh directory; on a panic names the case.
+fn run_cases(name: &str, salt: u64, f: impl FnMut(&mut Rng, &Path)) {
+    run_n_cases(name, salt, CASES, "SLUICE_CORRUPTION_CASE", f);
 }
 
-/// Runs `f` for each case in a fresh directory; on a panic names the case.
-fn run_cases(name: &str, salt: u64, mut f: impl FnMut(&mut Rng, &Path)) {
-    let only: Option<u64> = std::env::var("SLUICE_CORRUPTION_CASE")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let root = tempfile::tempdir().unwrap();
-    for case in (0..CASES).filter(|c| only.is_none_or(|o| o == *c)) {
+/// [`run_cases`] with `cases` cases; the environment variable `only` picks
+/// one of them.
+pub(super) fn run_n_cases(
+    name: &str,
+    salt: u64,
+    cases: u64,
+    only: &str,
+    mut f: impl FnMut(&mut Rng, &Path),
+) {
+    // Any case number may be rerun alone, also one beyond `cases`.
+    let range = match std::env::var(only).ok().and_then(|v| v.parse::<u64>().ok()) {
+        Some(case) => case..case + 1,
+        None => 0..cases,
+    };
+    let root = crate::fs::sim::scratch_dir();
+    for case in range {
         let dir = root.path().join(format!("case-{case}"));
         let mut rng = Rng::new(salt ^ case);
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(&mut rng, &dir))) {
-            eprintln!("{name}: case {case} failed (SLUICE_CORRUPTION_CASE={case} reruns it)");
+            eprintln!("{name}: case {case} failed ({only}={case} reruns it)");
             resume_unwind(panic);
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -89,24 +49,24 @@ fn run_cases(name: &str, salt: u64, mut f: impl FnMut(&mut Rng, &Path)) {
 
 /// A batch as it sits in the log: offsets assigned, leader epoch stamped.
 #[derive(Clone)]
-struct Stored {
-    base: i64,
-    next: i64,
-    bytes: Vec<u8>,
+pub(super) struct Stored {
+    pub(super) base: i64,
+    pub(super) next: i64,
+    pub(super) bytes: Vec<u8>,
 }
 
 impl Stored {
-    fn header(&self) -> BatchHeader {
+    pub(super) fn header(&self) -> BatchHeader {
         BatchHeader::parse(&self.bytes).unwrap()
     }
 }
 
 /// Idempotent producers' (epoch, next sequence) as the test tracks them.
-type Producers = HashMap<i64, (i16, i32)>;
+pub(super) type Producers = HashMap<i64, (i16, i32)>;
 
 /// A client batch of 1..=8 records (mostly one) with random keys and
 /// values, 1 B..`max_payload` of payload in all.
-fn random_batch(
+pub(super) fn random_batch(
     rng: &mut Rng,
     ts: i64,
     producer: Option<(i64, i16, i32)>,
@@ -128,7 +88,11 @@ fn random_batch(
 }
 
 /// Appends `input` as leader and returns the batches as they were stored.
-fn append_expecting_success(log: &mut PartitionLog, input: &[u8], epoch: i32) -> Vec<Stored> {
+pub(super) fn append_expecting_success(
+    log: &mut PartitionLog,
+    input: &[u8],
+    epoch: i32,
+) -> Vec<Stored> {
     let end = log.log_end_offset();
     let info = log.append_as_leader(input, epoch, 0).unwrap();
     assert!(!info.duplicate);
@@ -137,7 +101,7 @@ fn append_expecting_success(log: &mut PartitionLog, input: &[u8], epoch: i32) ->
 }
 
 /// What the log stores for an accepted `input` appended at `base`.
-fn stamp(input: &[u8], base: i64, epoch: i32) -> Vec<Stored> {
+pub(super) fn stamp(input: &[u8], base: i64, epoch: i32) -> Vec<Stored> {
     let mut out = Vec::new();
     let mut offset = base;
     for (pos, h) in batch::validate_all(input, Origin::Client).unwrap() {
@@ -216,7 +180,7 @@ fn config(rng: &mut Rng) -> LogConfig {
     }
 }
 
-fn reopen(dir: &Path, config: &LogConfig) -> PartitionLog {
+pub(super) fn reopen(dir: &Path, config: &LogConfig) -> PartitionLog {
     match PartitionLog::open(dir, config.clone()) {
         Ok(log) => log,
         Err(e) => panic!("reopen failed: {e:?}"),
@@ -225,7 +189,7 @@ fn reopen(dir: &Path, config: &LogConfig) -> PartitionLog {
 
 /// Simulates kill -9: the log is dropped without `close`, so no
 /// clean-shutdown marker is written and the next open recovers.
-fn crash(log: PartitionLog) {
+pub(super) fn crash(log: PartitionLog) {
     let dir = log.dir().to_path_buf();
     drop(log);
     assert!(!dir.join(CLEAN_SHUTDOWN_FILE).exists());
@@ -233,7 +197,7 @@ fn crash(log: PartitionLog) {
 
 /// Reads `expected` back: all of it in one read from the first batch, and
 /// each batch alone from a random offset inside it.
-fn assert_reads(log: &PartitionLog, expected: &[Stored], rng: &mut Rng) {
+pub(super) fn assert_reads(log: &PartitionLog, expected: &[Stored], rng: &mut Rng) {
     let want: Vec<u8> = expected.iter().flat_map(|b| b.bytes.clone()).collect();
     let from = expected.first().map_or(log.log_end_offset(), |b| b.base);
     let all = log.read(from, 1 << 30, MAX).unwrap().records;
@@ -262,7 +226,7 @@ fn assert_reads(log: &PartitionLog, expected: &[Stored], rng: &mut Rng) {
 }
 
 /// The leader-epoch entries a log holding exactly `stored` must have.
-fn expected_epochs(stored: &[Stored]) -> Vec<EpochEntry> {
+pub(super) fn expected_epochs(stored: &[Stored]) -> Vec<EpochEntry> {
     let mut out: Vec<EpochEntry> = Vec::new();
     for b in stored {
         let epoch = b.header().partition_leader_epoch;
@@ -277,7 +241,7 @@ fn expected_epochs(stored: &[Stored]) -> Vec<EpochEntry> {
 }
 
 /// The producer state a log holding exactly `stored` must have.
-fn expected_producers(stored: &[Stored]) -> ProducerStateManager {
+pub(super) fn expected_producers(stored: &[Stored]) -> ProducerStateManager {
     let mut p = ProducerStateManager::new();
     for b in stored {
         p.apply_replicated(&b.header());
@@ -287,7 +251,12 @@ fn expected_producers(stored: &[Stored]) -> ProducerStateManager {
 
 /// Appends one more batch (idempotent, continuing a surviving producer, if
 /// there is one) and checks it lands at the log end and reads back.
-fn assert_append_works(log: &mut PartitionLog, rng: &mut Rng, epoch: i32, ts: i64) -> Stored {
+pub(super) fn assert_append_works(
+    log: &mut PartitionLog,
+    rng: &mut Rng,
+    epoch: i32,
+    ts: i64,
+) -> Stored {
     let end = log.log_end_offset();
     let producer = [1i64, 2].into_iter().find_map(|pid| {
         let e = log.producer_state().get(pid)?;
