@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{FetchRequest, ProduceRequest, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_metadata::controller_api::{
@@ -227,9 +230,14 @@ impl Node {
 const TOPIC: &str = "replicated";
 
 fn batch(value: &str) -> Bytes {
+    batch_at(value, 1_000)
+}
+
+/// A one-record batch with the given timestamp.
+fn batch_at(value: &str, timestamp: i64) -> Bytes {
     Bytes::from(
-        BatchBuilder::new(1_000)
-            .record(1_000, None, Some(value.as_bytes()))
+        BatchBuilder::new(timestamp)
+            .record(timestamp, None, Some(value.as_bytes()))
             .build(),
     )
 }
@@ -242,6 +250,17 @@ async fn produce(address: SocketAddr, acks: i16, value: &str) -> (i16, i64) {
 /// Produces one record to each of the given partitions in one request;
 /// returns (error code, base offset) per partition.
 async fn produce_many(address: SocketAddr, acks: i16, values: &[(i32, &str)]) -> Vec<(i16, i64)> {
+    let batches: Vec<(i32, Bytes)> = values.iter().map(|&(i, v)| (i, batch(v))).collect();
+    produce_batches(address, acks, &batches).await
+}
+
+/// Produces a batch to each of the given partitions in one request;
+/// returns (error code, base offset) per partition.
+async fn produce_batches(
+    address: SocketAddr,
+    acks: i16,
+    values: &[(i32, Bytes)],
+) -> Vec<(i16, i64)> {
     let mut client = KafkaClient::connect(&address.to_string(), "test")
         .await
         .unwrap();
@@ -253,10 +272,10 @@ async fn produce_many(address: SocketAddr, acks: i16, values: &[(i32, &str)]) ->
             .with_partition_data(
                 values
                     .iter()
-                    .map(|&(index, value)| {
+                    .map(|(index, records)| {
                         PartitionProduceData::default()
-                            .with_index(index)
-                            .with_records(Some(batch(value)))
+                            .with_index(*index)
+                            .with_records(Some(records.clone()))
                     })
                     .collect(),
             )]);
@@ -264,7 +283,8 @@ async fn produce_many(address: SocketAddr, acks: i16, values: &[(i32, &str)]) ->
     let response = client.send_version(request, version).await.unwrap();
     values
         .iter()
-        .map(|&(index, _)| {
+        .map(|(index, _)| {
+            let index = *index;
             let p = response.responses[0]
                 .partition_responses
                 .iter()
@@ -601,4 +621,60 @@ async fn acks_all_fails_a_partition_whose_leadership_bounced_during_the_wait() {
         "partition 1's batch was replaced by another; the answer was {:?}",
         answers[1]
     );
+}
+
+/// ListOffsets MAX_TIMESTAMP tells a client only of records below the high
+/// watermark; a follower sees up to the log end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_timestamp_is_bounded_by_the_high_watermark_for_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _controller, nodes) = two_brokers(dir.path()).await;
+    let topic_id = Uuid::new_v4();
+    cluster.lock().unwrap().commit(&[
+        MetadataRecord::Topic(TopicRecord {
+            name: TOPIC.into(),
+            topic_id,
+        }),
+        partition_record(topic_id, 0, 1, 0, vec![1], 0),
+    ]);
+    // Neither node replicates (so neither does ISR changes of its own) and
+    // node 2 never fetches: with the ISR {1} the first record is committed
+    // at once; once node 2 joins the ISR, the next one stays above the high
+    // watermark.
+    let leader = nodes[0].address;
+    assert_eq!(
+        produce_batches(leader, -1, &[(0, batch_at("committed", 1_000))]).await,
+        vec![(0, 0)]
+    );
+    cluster
+        .lock()
+        .unwrap()
+        .commit(&[partition_record(topic_id, 0, 1, 0, vec![1, 2], 1)]);
+    assert_eq!(
+        produce_batches(leader, 1, &[(0, batch_at("uncommitted", 5_000))]).await,
+        vec![(0, 1)]
+    );
+    assert_eq!(nodes[0].log(), (2, 1, Some(0)));
+
+    let mut client = KafkaClient::connect(&leader.to_string(), "test")
+        .await
+        .unwrap();
+    let mut max_timestamp = async |replica_id: i32| {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(replica_id))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-3)])]);
+        let response = client.send_version(request, 7).await.unwrap();
+        let p = &response.topics[0].partitions[0];
+        (p.error_code, p.offset, p.timestamp)
+    };
+    assert_eq!(
+        max_timestamp(-1).await,
+        (0, 0, 1_000),
+        "a consumer's answer"
+    );
+    assert_eq!(max_timestamp(2).await, (0, 1, 5_000), "a follower's answer");
 }

@@ -1054,3 +1054,39 @@ fn follower_jumping_ahead_on_an_empty_log() {
     );
     assert_eq!(log.end_offset_for_epoch(2), (2, far + 1));
 }
+
+#[test]
+fn max_timestamp_below_an_offset_ignores_the_batches_at_or_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), small_segments());
+    // Two records per batch; batch i's records have timestamps t_i, t_i + 1.
+    // One early outlier, and equal maxima (the first batch carrying it wins).
+    let firsts: Vec<i64> = (0..30)
+        .map(|i| match i {
+            7 => 9_000,
+            20 | 24 => 20_000,
+            i => i * 100,
+        })
+        .collect();
+    for &t in &firsts {
+        log.append_as_leader(&batch(2, t), 0, 0).unwrap();
+    }
+    assert!(log.segment_count() > 3);
+    for end in 0..=log.log_end_offset() {
+        // Batch i holds offsets 2i and 2i + 1; its max record is the second.
+        let expected = firsts
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| 2 * i as i64 + 1 < end)
+            .fold(None, |best: Option<(i64, i64)>, (i, &t)| match best {
+                Some((ts, _)) if ts > t => best,
+                _ => Some((t + 1, 2 * i as i64 + 1)),
+            });
+        assert_eq!(
+            log.max_timestamp_below(end).unwrap(),
+            expected,
+            "below {end}"
+        );
+    }
+    assert_eq!(log.max_timestamp(), Some((20_001, 41)));
+}
