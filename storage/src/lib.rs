@@ -18,3 +18,6 @@ pub use log::{wall_clock_ms, AppendInfo, LogConfig, PartitionLog, ReadResult};
 
 #[cfg(feature = "raft-store")]
 pub mod raft_store;
+
+#[cfg(test)]
+mod test_alloc;

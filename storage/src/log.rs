@@ -704,6 +704,19 @@ impl PartitionLog {
             if want < first.size() {
                 break;
             }
+            // Bound the read by `max_offset` before allocating for it: a
+            // consumer's max bytes may be far larger than what lies below
+            // the high watermark.
+            let bound = if max_offset < seg.next_offset() {
+                match seg.find_position(max_offset)? {
+                    Some((at, h)) if h.base_offset >= max_offset => at,
+                    Some((at, h)) => at + h.size() as u64,
+                    None => seg.size(),
+                }
+            } else {
+                seg.size()
+            };
+            let want = want.min(usize::try_from(bound.saturating_sub(pos)).unwrap_or(usize::MAX));
             let chunk = seg.read(pos, want)?;
             let mut take = 0usize;
             let mut stopped_early = false;

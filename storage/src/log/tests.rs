@@ -1090,3 +1090,38 @@ fn max_timestamp_below_an_offset_ignores_the_batches_at_or_above_it() {
     }
     assert_eq!(log.max_timestamp(), Some((20_001, 41)));
 }
+
+#[test]
+fn a_read_allocates_no_more_than_lies_below_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default());
+    for _ in 0..3 {
+        log.append_as_leader(&batch(10, 1_000), 0, 0).unwrap();
+    }
+    log.set_high_watermark(30);
+    // 8 MiB more in the same segment, above the high watermark.
+    for _ in 0..1_000 {
+        log.append_as_leader(&batch(80, 1_000), 0, 0).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    // A consumer asking for up to 1 GiB from the start.
+    let (largest, read) =
+        crate::test_alloc::largest_allocation(|| log.read(0, 1 << 30, 30).unwrap());
+    assert_eq!(batches_in(&read.records).len(), 3);
+    let returned = read.records.len();
+    // The index scan reads in windows of a few KiB; nothing near the 8 MiB.
+    assert!(
+        largest <= returned.max(64 << 10),
+        "returned {returned} bytes but allocated {largest} at once"
+    );
+    // Reading from the middle of the committed part, and a bound inside a
+    // later segment's range, return the same whole batches as before.
+    let read = log.read(10, 1 << 30, 30).unwrap();
+    assert_eq!(batches_in(&read.records), vec![(10, 19, 0), (20, 29, 0)]);
+    let read = log.read(0, 1 << 30, 31).unwrap();
+    assert_eq!(
+        batches_in(&read.records).len(),
+        4,
+        "the batch holding the bound is included"
+    );
+}
