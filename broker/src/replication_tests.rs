@@ -33,13 +33,13 @@ use tokio::sync::watch;
 use crate::{server, start_replication, Broker, BrokerConfig, KafkaClient, ReplicaManager};
 
 /// The metadata log of the test: every committed batch goes to every broker's loader.
-struct Cluster {
+pub(crate) struct Cluster {
     loaders: Vec<MetadataLoader>,
     offset: u64,
 }
 
 impl Cluster {
-    fn commit(&mut self, records: &[MetadataRecord]) {
+    pub(crate) fn commit(&mut self, records: &[MetadataRecord]) {
         self.offset += 1;
         let data = encode_batch(records);
         for loader in &mut self.loaders {
@@ -59,7 +59,7 @@ impl Cluster {
 
 /// A controller that only answers AlterPartition, validating it as the real
 /// one does and committing the new ISR to the test's metadata log.
-struct TestController {
+pub(crate) struct TestController {
     cluster: Arc<Mutex<Cluster>>,
     calls: Mutex<Vec<(i32, i64, IsrChange)>>,
 }
@@ -181,11 +181,11 @@ impl ControllerApi for TestController {
     }
 }
 
-struct Node {
+pub(crate) struct Node {
     id: i32,
-    replicas: Arc<ReplicaManager>,
-    broker: Arc<Broker>,
-    address: SocketAddr,
+    pub(crate) replicas: Arc<ReplicaManager>,
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) address: SocketAddr,
     replication_stop: watch::Sender<bool>,
 }
 
@@ -201,7 +201,7 @@ impl Node {
     }
 
     /// (log end, high watermark, latest epoch) of the test partition.
-    fn log(&self) -> (i64, i64, Option<i32>) {
+    pub(crate) fn log(&self) -> (i64, i64, Option<i32>) {
         self.log_of(0)
     }
 
@@ -227,7 +227,7 @@ impl Node {
     }
 }
 
-const TOPIC: &str = "replicated";
+pub(crate) const TOPIC: &str = "replicated";
 
 fn batch(value: &str) -> Bytes {
     batch_at(value, 1_000)
@@ -256,7 +256,7 @@ async fn produce_many(address: SocketAddr, acks: i16, values: &[(i32, &str)]) ->
 
 /// Produces a batch to each of the given partitions in one request;
 /// returns (error code, base offset) per partition.
-async fn produce_batches(
+pub(crate) async fn produce_batches(
     address: SocketAddr,
     acks: i16,
     values: &[(i32, Bytes)],
@@ -308,8 +308,16 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 /// Two brokers, 1 and 2, registered in the test's metadata log; neither
 /// replicates until the test starts it.
-async fn two_brokers(
+pub(crate) async fn two_brokers(
     dir: &std::path::Path,
+) -> (Arc<Mutex<Cluster>>, Arc<TestController>, Vec<Node>) {
+    two_brokers_with(dir, |_| {}).await
+}
+
+/// [`two_brokers`], with settings of the test's own.
+pub(crate) async fn two_brokers_with(
+    dir: &std::path::Path,
+    configure: impl Fn(&mut BrokerConfig),
 ) -> (Arc<Mutex<Cluster>>, Arc<TestController>, Vec<Node>) {
     let cluster = Arc::new(Mutex::new(Cluster {
         loaders: Vec::new(),
@@ -333,6 +341,7 @@ async fn two_brokers(
         config.replica_lag_time_max = Duration::from_secs(3);
         config.replica_fetch_wait_max = Duration::from_millis(100);
         config.replica_fetch_backoff = Duration::from_millis(100);
+        configure(&mut config);
         let broker = Arc::new(Broker::new(
             config,
             replicas.clone(),
@@ -374,7 +383,7 @@ async fn two_brokers(
     (cluster, controller, nodes)
 }
 
-fn partition_record(
+pub(crate) fn partition_record(
     topic_id: Uuid,
     index: i32,
     leader: i32,
