@@ -172,6 +172,9 @@ mod tests {
         let (bytes, in_use, pool) = big.await.unwrap();
         assert_eq!((bytes, in_use), (500, 100));
         assert_eq!(pool.peak(), 100);
-        assert_eq!(MemoryPool::new(None).acquire(1 << 40).await.bytes(), 1 << 40);
+        assert_eq!(
+            MemoryPool::new(None).acquire(1 << 40).await.bytes(),
+            1 << 40
+        );
     }
 }
