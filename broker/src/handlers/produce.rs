@@ -233,7 +233,12 @@ async fn await_replication(
                 Replication::Pending => true,
                 Replication::Done => false,
                 Replication::Failed(error) => {
-                    appended.result = Err((error, None));
+                    let text = (error == ResponseError::NotLeaderOrFollower).then(|| {
+                        "leadership changed while the batch waited for the in-sync replicas; \
+                         it may have been truncated"
+                            .to_string()
+                    });
+                    appended.result = Err((error, text));
                     false
                 }
             }
