@@ -416,6 +416,14 @@ fn broker_config(
     config.log = log_defaults.clone();
     config.socket_request_max_bytes = settings.parse("socket.request.max.bytes")?;
     config.max_connections = settings.parse("max.connections")?;
+    config.queued_max_request_bytes = settings.parse("queued.max.request.bytes")?;
+    if config.queued_max_request_bytes == 0 || config.queued_max_request_bytes < -1 {
+        bail!("queued.max.request.bytes must be positive, or -1 for no bound");
+    }
+    config.fetch_max_bytes = settings.parse("fetch.max.bytes")?;
+    if config.fetch_max_bytes < 1 {
+        bail!("fetch.max.bytes must be positive");
+    }
     config.retention_check_interval =
         Duration::from_millis(settings.parse("log.retention.check.interval.ms")?);
     config.checkpoint_interval =

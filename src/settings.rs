@@ -36,6 +36,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("message.max.bytes", "1048588"),
     ("socket.request.max.bytes", "104857600"),
     ("max.connections", "10000"),
+    ("queued.max.request.bytes", "268435456"),
+    ("fetch.max.bytes", "57671680"),
     ("replica.high.watermark.checkpoint.interval.ms", "5000"),
     ("metadata.snapshot.max.records", "20000"),
     ("metadata.log.max.snapshot.interval.ms", "3600000"),

@@ -668,3 +668,92 @@ async fn a_broker_far_behind_catches_up_from_a_metadata_snapshot() {
     );
     assert!(!view.lines().any(|l| l == "later-0"), "{view}");
 }
+
+/// acks=all under an idempotent producer while leadership bounces: a leader
+/// is stopped (its partitions move away), restarts, and the preferred-leader
+/// election gives them back (leader -> other -> leader); then the same with
+/// kill -9. Every acknowledged offset must hold the message acknowledged
+/// there, never another batch written after a truncation.
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_all_across_leader_bounces_acknowledges_only_its_own_batches() {
+    let mut settings = FAST.to_vec();
+    settings.extend([
+        "auto.leader.rebalance.enable=true",
+        "leader.imbalance.check.interval.seconds=1",
+    ]);
+    let mut cluster = Cluster::start(1, 3, &settings);
+    created(
+        &mut cluster,
+        &[
+            "create",
+            "bounce",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+            "--config",
+            "min.insync.replicas=2",
+        ],
+    );
+    let bootstrap = cluster.bootstrap();
+    wait_until(
+        || {
+            let p = partitions(&bootstrap, "bounce");
+            p.len() == 3 && p.iter().all(|p| p.2 == 3)
+        },
+        Duration::from_secs(30),
+    );
+    // At creation every partition is led by its preferred replica.
+    let preferred = partitions(&bootstrap, "bounce");
+    let writer = AckedWriter::spawn(&bootstrap, "bounce", 3);
+    writer.wait_for_more(1000, Duration::from_secs(60));
+
+    for (round, kill) in [(0, false), (1, true)] {
+        let leader = preferred[round].1;
+        if kill {
+            cluster.broker(leader).kill9();
+        } else {
+            cluster.broker(leader).stop();
+        }
+        // Its partitions move to other replicas (after the session timeout,
+        // for kill -9) and take writes there.
+        wait_until(
+            || {
+                let now = partitions(&bootstrap, "bounce");
+                now.len() == 3 && now.iter().all(|p| p.1 >= 0 && p.1 != leader)
+            },
+            Duration::from_secs(60),
+        );
+        writer.wait_for_more(500, Duration::from_secs(60));
+        eprintln!(
+            "broker {leader} {}: (partition, leader, ISR size) {:?}",
+            if kill { "killed" } else { "stopped" },
+            partitions(&bootstrap, "bounce")
+        );
+        cluster.broker(leader).restart();
+        cluster.broker(leader).wait_serving(Duration::from_secs(60));
+        // Back in every ISR, then leading its preferred partitions again.
+        wait_until(
+            || {
+                let now = partitions(&bootstrap, "bounce");
+                now.len() == 3
+                    && now.iter().all(|p| p.2 == 3)
+                    && now
+                        .iter()
+                        .all(|p| preferred.iter().any(|q| q.0 == p.0 && q.1 == p.1))
+            },
+            Duration::from_secs(90),
+        );
+        writer.wait_for_more(500, Duration::from_secs(60));
+        eprintln!(
+            "broker {leader} restarted and preferred again: {:?}",
+            partitions(&bootstrap, "bounce")
+        );
+    }
+    let acked = writer.stop().await;
+    eprintln!(
+        "{} acknowledged messages",
+        acked.values().map(Vec::len).sum::<usize>()
+    );
+    verify(&bootstrap, "bounce", &acked);
+}

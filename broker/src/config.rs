@@ -33,6 +33,12 @@ pub struct BrokerConfig {
     pub socket_request_max_bytes: usize,
     /// `max.connections`
     pub max_connections: usize,
+    /// `queued.max.request.bytes`: the memory requests and fetched data in
+    /// flight may hold together; -1 for no bound (Kafka's default, not ours).
+    pub queued_max_request_bytes: i64,
+    /// `fetch.max.bytes`: the most one fetch response carries, whatever the
+    /// client asks (the first batch excepted, as in Kafka).
+    pub fetch_max_bytes: i32,
     /// `log.retention.check.interval.ms`
     pub retention_check_interval: Duration,
     /// `replica.high.watermark.checkpoint.interval.ms`
@@ -75,6 +81,8 @@ impl BrokerConfig {
             log: LogConfig::default(),
             socket_request_max_bytes: 104_857_600,
             max_connections: 10_000,
+            queued_max_request_bytes: 268_435_456,
+            fetch_max_bytes: 57_671_680,
             retention_check_interval: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(5),
             flush_check_interval: Duration::from_secs(1),

@@ -11,10 +11,15 @@ mod handlers;
 pub mod isr;
 pub mod kafka_client;
 pub mod lifecycle;
+pub mod memory;
+#[cfg(test)]
+mod memory_tests;
 pub mod replica;
 #[cfg(test)]
 mod replication_tests;
 pub mod server;
+#[cfg(test)]
+mod test_alloc;
 
 pub use config::BrokerConfig;
 pub use fetcher::start_replication;

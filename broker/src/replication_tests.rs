@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{FetchRequest, ProduceRequest, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_metadata::controller_api::{
@@ -30,13 +33,13 @@ use tokio::sync::watch;
 use crate::{server, start_replication, Broker, BrokerConfig, KafkaClient, ReplicaManager};
 
 /// The metadata log of the test: every committed batch goes to every broker's loader.
-struct Cluster {
+pub(crate) struct Cluster {
     loaders: Vec<MetadataLoader>,
     offset: u64,
 }
 
 impl Cluster {
-    fn commit(&mut self, records: &[MetadataRecord]) {
+    pub(crate) fn commit(&mut self, records: &[MetadataRecord]) {
         self.offset += 1;
         let data = encode_batch(records);
         for loader in &mut self.loaders {
@@ -56,7 +59,7 @@ impl Cluster {
 
 /// A controller that only answers AlterPartition, validating it as the real
 /// one does and committing the new ISR to the test's metadata log.
-struct TestController {
+pub(crate) struct TestController {
     cluster: Arc<Mutex<Cluster>>,
     calls: Mutex<Vec<(i32, i64, IsrChange)>>,
 }
@@ -178,11 +181,11 @@ impl ControllerApi for TestController {
     }
 }
 
-struct Node {
+pub(crate) struct Node {
     id: i32,
-    replicas: Arc<ReplicaManager>,
-    broker: Arc<Broker>,
-    address: SocketAddr,
+    pub(crate) replicas: Arc<ReplicaManager>,
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) address: SocketAddr,
     replication_stop: watch::Sender<bool>,
 }
 
@@ -198,8 +201,13 @@ impl Node {
     }
 
     /// (log end, high watermark, latest epoch) of the test partition.
-    fn log(&self) -> (i64, i64, Option<i32>) {
-        let partition = self.replicas.partition(TOPIC, 0).unwrap();
+    pub(crate) fn log(&self) -> (i64, i64, Option<i32>) {
+        self.log_of(0)
+    }
+
+    /// (log end, high watermark, latest epoch) of a partition of the test topic.
+    fn log_of(&self, index: i32) -> (i64, i64, Option<i32>) {
+        let partition = self.replicas.partition(TOPIC, index).unwrap();
         let state = partition.state();
         (
             state.log.log_end_offset(),
@@ -209,39 +217,82 @@ impl Node {
     }
 
     fn bytes(&self, end: i64) -> Bytes {
-        let partition = self.replicas.partition(TOPIC, 0).unwrap();
+        self.bytes_of(0, end)
+    }
+
+    fn bytes_of(&self, index: i32, end: i64) -> Bytes {
+        let partition = self.replicas.partition(TOPIC, index).unwrap();
         let state = partition.state();
         state.log.read(0, usize::MAX, end).unwrap().records
     }
 }
 
-const TOPIC: &str = "replicated";
+pub(crate) const TOPIC: &str = "replicated";
 
 fn batch(value: &str) -> Bytes {
+    batch_at(value, 1_000)
+}
+
+/// A one-record batch with the given timestamp.
+fn batch_at(value: &str, timestamp: i64) -> Bytes {
     Bytes::from(
-        BatchBuilder::new(1_000)
-            .record(1_000, None, Some(value.as_bytes()))
+        BatchBuilder::new(timestamp)
+            .record(timestamp, None, Some(value.as_bytes()))
             .build(),
     )
 }
 
 /// Produces one record; returns (error code, base offset).
 async fn produce(address: SocketAddr, acks: i16, value: &str) -> (i16, i64) {
+    produce_many(address, acks, &[(0, value)]).await[0]
+}
+
+/// Produces one record to each of the given partitions in one request;
+/// returns (error code, base offset) per partition.
+async fn produce_many(address: SocketAddr, acks: i16, values: &[(i32, &str)]) -> Vec<(i16, i64)> {
+    let batches: Vec<(i32, Bytes)> = values.iter().map(|&(i, v)| (i, batch(v))).collect();
+    produce_batches(address, acks, &batches).await
+}
+
+/// Produces a batch to each of the given partitions in one request;
+/// returns (error code, base offset) per partition.
+pub(crate) async fn produce_batches(
+    address: SocketAddr,
+    acks: i16,
+    values: &[(i32, Bytes)],
+) -> Vec<(i16, i64)> {
     let mut client = KafkaClient::connect(&address.to_string(), "test")
         .await
         .unwrap();
     let request = ProduceRequest::default()
         .with_acks(acks)
-        .with_timeout_ms(10_000)
+        .with_timeout_ms(30_000)
         .with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch(value)))])]);
+            .with_partition_data(
+                values
+                    .iter()
+                    .map(|(index, records)| {
+                        PartitionProduceData::default()
+                            .with_index(*index)
+                            .with_records(Some(records.clone()))
+                    })
+                    .collect(),
+            )]);
     let version = client.version_for::<ProduceRequest>(9).unwrap();
     let response = client.send_version(request, version).await.unwrap();
-    let p = &response.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
+    values
+        .iter()
+        .map(|(index, _)| {
+            let index = *index;
+            let p = response.responses[0]
+                .partition_responses
+                .iter()
+                .find(|p| p.index == index)
+                .unwrap();
+            (p.error_code, p.base_offset)
+        })
+        .collect()
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -255,9 +306,19 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn follower_replicates_and_truncates_after_a_leader_change() {
-    let dir = tempfile::tempdir().unwrap();
+/// Two brokers, 1 and 2, registered in the test's metadata log; neither
+/// replicates until the test starts it.
+pub(crate) async fn two_brokers(
+    dir: &std::path::Path,
+) -> (Arc<Mutex<Cluster>>, Arc<TestController>, Vec<Node>) {
+    two_brokers_with(dir, |_| {}).await
+}
+
+/// [`two_brokers`], with settings of the test's own.
+pub(crate) async fn two_brokers_with(
+    dir: &std::path::Path,
+    configure: impl Fn(&mut BrokerConfig),
+) -> (Arc<Mutex<Cluster>>, Arc<TestController>, Vec<Node>) {
     let cluster = Arc::new(Mutex::new(Cluster {
         loaders: Vec::new(),
         offset: 0,
@@ -271,7 +332,7 @@ async fn follower_replicates_and_truncates_after_a_leader_change() {
     for id in [1, 2] {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let log_dir = dir.path().join(format!("node-{id}"));
+        let log_dir = dir.join(format!("node-{id}"));
         let replicas =
             Arc::new(ReplicaManager::new(id, log_dir.clone(), Default::default()).unwrap());
         replicas.set_broker_epoch(10 + id as i64);
@@ -280,6 +341,7 @@ async fn follower_replicates_and_truncates_after_a_leader_change() {
         config.replica_lag_time_max = Duration::from_secs(3);
         config.replica_fetch_wait_max = Duration::from_millis(100);
         config.replica_fetch_backoff = Duration::from_millis(100);
+        configure(&mut config);
         let broker = Arc::new(Broker::new(
             config,
             replicas.clone(),
@@ -314,25 +376,44 @@ async fn follower_replicates_and_truncates_after_a_leader_change() {
             replication_stop: watch::channel(true).0,
         });
     }
+    cluster.lock().unwrap().commit(&broker_records);
+    (cluster, controller, nodes)
+}
+
+pub(crate) fn partition_record(
+    topic_id: Uuid,
+    index: i32,
+    leader: i32,
+    leader_epoch: i32,
+    isr: Vec<i32>,
+    partition_epoch: i32,
+) -> MetadataRecord {
+    MetadataRecord::Partition(PartitionRecord {
+        topic_id,
+        partition: index,
+        replicas: vec![1, 2],
+        isr,
+        leader,
+        leader_epoch,
+        partition_epoch,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_replicates_and_truncates_after_a_leader_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, controller, mut nodes) = two_brokers(dir.path()).await;
     let topic_id = Uuid::new_v4();
     let partition = |leader: i32, leader_epoch: i32, isr: Vec<i32>, partition_epoch: i32| {
-        MetadataRecord::Partition(PartitionRecord {
-            topic_id,
-            partition: 0,
-            replicas: vec![1, 2],
-            isr,
-            leader,
-            leader_epoch,
-            partition_epoch,
-        })
+        partition_record(topic_id, 0, leader, leader_epoch, isr, partition_epoch)
     };
-    let mut records = broker_records;
-    records.push(MetadataRecord::Topic(TopicRecord {
-        name: TOPIC.into(),
-        topic_id,
-    }));
-    records.push(partition(1, 0, vec![1, 2], 0));
-    cluster.lock().unwrap().commit(&records);
+    cluster.lock().unwrap().commit(&[
+        MetadataRecord::Topic(TopicRecord {
+            name: TOPIC.into(),
+            topic_id,
+        }),
+        partition(1, 0, vec![1, 2], 0),
+    ]);
     let isr = || {
         cluster
             .lock()
@@ -469,4 +550,137 @@ async fn follower_replicates_and_truncates_after_a_leader_change() {
     assert_eq!(produce(nodes[1].address, 1, "g").await, (0, 7));
     assert_eq!(nodes[1].log().1, 8);
     assert_eq!(nodes.iter().map(|n| n.id).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+/// An acks=all request waits on two partitions. While the first waits for
+/// its follower, the second loses and regains leadership (leader 1 → 2 → 1);
+/// meanwhile its batch is truncated and replaced by another producer's.
+/// The second partition must fail with NOT_LEADER_OR_FOLLOWER, never be
+/// acknowledged with an offset holding the other batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acks_all_fails_a_partition_whose_leadership_bounced_during_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _controller, mut nodes) = two_brokers(dir.path()).await;
+    let topic_id = Uuid::new_v4();
+    cluster.lock().unwrap().commit(&[
+        MetadataRecord::Topic(TopicRecord {
+            name: TOPIC.into(),
+            topic_id,
+        }),
+        partition_record(topic_id, 0, 1, 0, vec![1, 2], 0),
+        partition_record(topic_id, 1, 1, 0, vec![1, 2], 0),
+    ]);
+    // Node 1 leads both partitions; node 2 does not fetch, so the acks=all
+    // request waits.
+    nodes[0].start_replication();
+    let leader = nodes[0].address;
+    let request =
+        tokio::spawn(
+            async move { produce_many(leader, -1, &[(0, "mine-0"), (1, "mine-1")]).await },
+        );
+    eventually("both batches to be appended on node 1", || {
+        nodes[0].log_of(0).0 == 1 && nodes[0].log_of(1).0 == 1
+    })
+    .await;
+
+    // Partition 1 moves to node 2 (epoch 1), which never had the batch and
+    // writes another producer's record at offset 0. Node 1 follows it:
+    // truncates its batch and copies the other record.
+    let epoch = cluster
+        .lock()
+        .unwrap()
+        .registration(topic_id, 1)
+        .unwrap()
+        .partition_epoch;
+    cluster
+        .lock()
+        .unwrap()
+        .commit(&[partition_record(topic_id, 1, 2, 1, vec![2], epoch + 1)]);
+    assert_eq!(
+        produce_many(nodes[1].address, 1, &[(1, "theirs")]).await,
+        vec![(0, 0)]
+    );
+    eventually("node 1 to hold node 2's record of partition 1", || {
+        nodes[0].log_of(1) == (1, 1, Some(1))
+    })
+    .await;
+    assert_eq!(nodes[0].bytes_of(1, 1), nodes[1].bytes_of(1, 1));
+
+    // Node 1 leads partition 1 again (epoch 2), its high watermark already
+    // past offset 0. Then node 2 replicates partition 0, which completes.
+    cluster
+        .lock()
+        .unwrap()
+        .commit(&[partition_record(topic_id, 1, 1, 2, vec![1, 2], epoch + 2)]);
+    eventually("node 1 to lead partition 1 in epoch 2", || {
+        let partition = nodes[0].replicas.partition(TOPIC, 1).unwrap();
+        let state = partition.state();
+        state.leader == 1 && state.leader_epoch == 2
+    })
+    .await;
+    nodes[1].start_replication();
+    let answers = request.await.unwrap();
+    assert_eq!(answers[0], (0, 0), "partition 0 was replicated");
+    assert_eq!(
+        answers[1].0,
+        ResponseError::NotLeaderOrFollower.code(),
+        "partition 1's batch was replaced by another; the answer was {:?}",
+        answers[1]
+    );
+}
+
+/// ListOffsets MAX_TIMESTAMP tells a client only of records below the high
+/// watermark; a follower sees up to the log end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_timestamp_is_bounded_by_the_high_watermark_for_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _controller, nodes) = two_brokers(dir.path()).await;
+    let topic_id = Uuid::new_v4();
+    cluster.lock().unwrap().commit(&[
+        MetadataRecord::Topic(TopicRecord {
+            name: TOPIC.into(),
+            topic_id,
+        }),
+        partition_record(topic_id, 0, 1, 0, vec![1], 0),
+    ]);
+    // Neither node replicates (so neither does ISR changes of its own) and
+    // node 2 never fetches: with the ISR {1} the first record is committed
+    // at once; once node 2 joins the ISR, the next one stays above the high
+    // watermark.
+    let leader = nodes[0].address;
+    assert_eq!(
+        produce_batches(leader, -1, &[(0, batch_at("committed", 1_000))]).await,
+        vec![(0, 0)]
+    );
+    cluster
+        .lock()
+        .unwrap()
+        .commit(&[partition_record(topic_id, 0, 1, 0, vec![1, 2], 1)]);
+    assert_eq!(
+        produce_batches(leader, 1, &[(0, batch_at("uncommitted", 5_000))]).await,
+        vec![(0, 1)]
+    );
+    assert_eq!(nodes[0].log(), (2, 1, Some(0)));
+
+    let mut client = KafkaClient::connect(&leader.to_string(), "test")
+        .await
+        .unwrap();
+    let mut max_timestamp = async |replica_id: i32| {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(replica_id))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-3)])]);
+        let response = client.send_version(request, 7).await.unwrap();
+        let p = &response.topics[0].partitions[0];
+        (p.error_code, p.offset, p.timestamp)
+    };
+    assert_eq!(
+        max_timestamp(-1).await,
+        (0, 0, 1_000),
+        "a consumer's answer"
+    );
+    assert_eq!(max_timestamp(2).await, (0, 1, 5_000), "a follower's answer");
 }

@@ -16,12 +16,17 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::handlers::{self, Broker, Reply};
+use crate::memory::{MemoryLease, MemoryPool};
 
 /// A set of Kafka APIs served on one listener: the broker's client-facing
 /// APIs, or the controller's.
 pub trait Service: Send + Sync + 'static {
     /// Frames larger than this close the connection.
     fn max_request_bytes(&self) -> usize;
+    /// Bounds the memory of requests (and responses) in flight; none by default.
+    fn memory_pool(&self) -> Option<&MemoryPool> {
+        None
+    }
     fn max_connections(&self) -> usize;
     fn supports(&self, api_key: ApiKey, version: i16) -> bool;
     /// The answer to an ApiVersions request of a version this service does not speak.
@@ -51,6 +56,10 @@ impl Service for Broker {
 
     fn max_connections(&self) -> usize {
         self.config.max_connections
+    }
+
+    fn memory_pool(&self) -> Option<&MemoryPool> {
+        Some(&self.memory)
     }
 
     fn supports(&self, api_key: ApiKey, version: i16) -> bool {
@@ -163,11 +172,22 @@ async fn serve_connection<S: Service>(
         if size < 0 || size as usize > max {
             return Err(ConnectionError::BadFrameSize { size, max });
         }
+        // The frame's memory is leased before it is allocated, and held
+        // until the answer is written.
+        let _lease = match broker.memory_pool() {
+            Some(pool) => tokio::select! {
+                lease = pool.acquire(size as usize) => Some(lease),
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            },
+            None => None,
+        };
         let mut frame = BytesMut::zeroed(size as usize);
         read_exact_or_truncated(&mut reader, &mut frame).await?;
         metrics::counter!("sluice_bytes_in_total").increment(size as u64 + 4);
 
-        if let Some(response) = handle_frame(broker.as_ref(), frame.freeze(), peer).await? {
+        if let Some((response, _response_lease)) =
+            handle_frame(broker.as_ref(), frame.freeze(), peer).await?
+        {
             metrics::counter!("sluice_bytes_out_total").increment(response.len() as u64);
             writer.write_all(&response).await?;
             writer.flush().await?;
@@ -189,12 +209,13 @@ async fn read_exact_or_truncated(
 }
 
 /// Decodes one request, runs its handler and encodes the response frame
-/// (`None` for produce with acks=0, which gets no answer).
+/// (`None` for produce with acks=0, which gets no answer), with the memory
+/// lease of the data it carries.
 async fn handle_frame<S: Service>(
     broker: &S,
     mut frame: Bytes,
     peer: SocketAddr,
-) -> Result<Option<BytesMut>, ConnectionError> {
+) -> Result<Option<(BytesMut, Option<MemoryLease>)>, ConnectionError> {
     if frame.len() < 8 {
         return Err(ConnectionError::BadRequest(format!(
             "request of {} bytes is too short for a header",
@@ -212,9 +233,8 @@ async fn handle_frame<S: Service>(
         // ApiVersions answers any version, so clients can learn what we speak.
         if api_key == ApiKey::ApiVersions && !broker.supports(api_key, api_version) {
             let body = broker.api_versions_unsupported();
-            return Ok(Some(encode_response(api_key, 0, correlation_id, |buf| {
-                body.encode(buf, 0)
-            })?));
+            let response = encode_response(api_key, 0, correlation_id, |buf| body.encode(buf, 0))?;
+            return Ok(Some((response, None)));
         }
         if !broker.supports(api_key, api_version) {
             return Err(ConnectionError::BadRequest(format!(
@@ -238,15 +258,15 @@ async fn handle_frame<S: Service>(
         metrics::counter!("sluice_requests_total", "api" => api.clone()).increment(1);
         metrics::histogram!("sluice_request_duration_seconds", "api" => api)
             .record(started.elapsed().as_secs_f64());
-        match reply {
-            Reply::None => Ok(None),
-            Reply::Response(response) => Ok(Some(encode_response(
-                api_key,
-                api_version,
-                correlation_id,
-                |buf| response.encode(buf, api_version),
-            )?)),
-        }
+        let (response, lease) = match reply {
+            Reply::None => return Ok(None),
+            Reply::Response(response) => (response, None),
+            Reply::Holding(response, lease) => (response, Some(lease)),
+        };
+        let encoded = encode_response(api_key, api_version, correlation_id, |buf| {
+            response.encode(buf, api_version)
+        })?;
+        Ok(Some((encoded, lease)))
     }
     .instrument(span)
     .await

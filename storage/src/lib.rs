@@ -24,3 +24,5 @@ pub mod raft_store;
 
 #[cfg(test)]
 mod test_rng;
+#[cfg(test)]
+mod test_alloc;

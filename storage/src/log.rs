@@ -769,6 +769,19 @@ impl PartitionLog {
             if want < first.size() {
                 break;
             }
+            // Bound the read by `max_offset` before allocating for it: a
+            // consumer's max bytes may be far larger than what lies below
+            // the high watermark.
+            let bound = if max_offset < seg.next_offset() {
+                match seg.find_position(max_offset)? {
+                    Some((at, h)) if h.base_offset >= max_offset => at,
+                    Some((at, h)) => at + h.size() as u64,
+                    None => seg.size(),
+                }
+            } else {
+                seg.size()
+            };
+            let want = want.min(usize::try_from(bound.saturating_sub(pos)).unwrap_or(usize::MAX));
             let chunk = seg.read(pos, want)?;
             let mut take = 0usize;
             let mut stopped_early = false;
@@ -850,21 +863,32 @@ impl PartitionLog {
     /// it (Kafka ListOffsets MAX_TIMESTAMP); the batch's base offset when its
     /// records are compressed.
     pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        self.max_timestamp_below(self.log_end_offset())
+            .ok()
+            .flatten()
+    }
+
+    /// [`PartitionLog::max_timestamp`] among the batches wholly below `end`:
+    /// a client may only learn of records below the high watermark.
+    pub fn max_timestamp_below(&self, end: i64) -> Result<Option<(i64, i64)>, StorageError> {
         let mut best: Option<(i64, i64)> = None;
         for seg in &self.segments {
-            let ts = seg.max_timestamp();
-            if ts >= 0 && best.is_none_or(|(b, _)| ts > b) {
-                best = Some((ts, seg.offset_of_max_timestamp().max(self.log_start_offset)));
+            if seg.base_offset() >= end {
+                break;
+            }
+            if let Some((ts, base)) = seg.max_timestamp_below(end)? {
+                if best.is_none_or(|(b, _)| ts > b) {
+                    best = Some((ts, base.max(self.log_start_offset)));
+                }
             }
         }
-        let (ts, base) = best?;
-        let exact = self
-            .read(base, 1, self.log_end_offset())
-            .ok()
-            .and_then(|r| {
-                crate::batch::first_record_at_or_after(&r.records, ts, self.log_start_offset)
-            });
-        Some((ts, exact.map_or(base, |(offset, _)| offset)))
+        let Some((ts, base)) = best else {
+            return Ok(None);
+        };
+        let exact = self.read(base, 1, end).ok().and_then(|r| {
+            crate::batch::first_record_at_or_after(&r.records, ts, self.log_start_offset)
+        });
+        Ok(Some((ts, exact.map_or(base, |(offset, _)| offset))))
     }
 
     /// Removes everything at or after `offset` (a batch straddling `offset`

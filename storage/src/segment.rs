@@ -736,6 +736,46 @@ impl Segment {
         Ok(found)
     }
 
+    /// The largest batch max timestamp among the batches wholly below `end`,
+    /// and the base offset of the first batch carrying it.
+    pub fn max_timestamp_below(&self, end: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        if self.next_offset <= end {
+            return Ok((self.max_timestamp >= 0)
+                .then_some((self.max_timestamp, self.offset_of_max_timestamp)));
+        }
+        // A time index entry is the max timestamp of every batch up to its
+        // offset: start from the last one below `end`, and scan the rest.
+        let entries = self.time_index.entries();
+        let mut below =
+            entries.partition_point(|e| self.base_offset + i64::from(e.relative_offset) < end);
+        let mut best: Option<(i64, i64)> = None;
+        let mut start = 0;
+        while let Some(e) = below.checked_sub(1).map(|i| entries[i]) {
+            let offset = self.base_offset + i64::from(e.relative_offset);
+            match self.find_position(offset)? {
+                // The entry's batch straddles `end`: the one before does not.
+                Some((_, h)) if h.base_offset == offset && h.last_offset() >= end => below -= 1,
+                Some((pos, h)) if h.base_offset == offset && h.max_timestamp == e.timestamp => {
+                    best = Some((e.timestamp, offset));
+                    start = pos;
+                    break;
+                }
+                // A damaged entry: scan the whole segment.
+                _ => break,
+            }
+        }
+        self.scan_from(start, LOOKUP_WINDOW, |_, h| {
+            if h.last_offset() >= end {
+                return false;
+            }
+            if h.max_timestamp >= 0 && best.is_none_or(|(ts, _)| h.max_timestamp > ts) {
+                best = Some((h.max_timestamp, h.base_offset));
+            }
+            true
+        })?;
+        Ok(best)
+    }
+
     /// Drops every batch whose last offset is >= `offset` (so a batch that
     /// straddles `offset` goes entirely). Returns the bytes removed.
     pub fn truncate_to(&mut self, offset: i64) -> Result<u64, StorageError> {

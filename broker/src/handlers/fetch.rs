@@ -12,6 +12,7 @@ use kafka_protocol::ResponseError;
 
 use super::{absent_partition_error, Broker};
 use crate::errors::storage_error;
+use crate::memory::MemoryLease;
 use crate::replica::now_ms;
 
 /// Fetch versions from which topics are named by id.
@@ -24,7 +25,12 @@ const NO_EPOCH: i32 = -1;
 /// Fetch versions from which the replica id moved into `replica_state`.
 const REPLICA_STATE_FROM: i16 = 15;
 
-pub async fn fetch(broker: &Broker, request: FetchRequest, version: i16) -> FetchResponse {
+/// Answers a fetch, with the lease of the memory its records hold.
+pub async fn fetch(
+    broker: &Broker,
+    request: FetchRequest,
+    version: i16,
+) -> (FetchResponse, MemoryLease) {
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let deadline = tokio::time::Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(0) as usize;
@@ -33,6 +39,9 @@ pub async fn fetch(broker: &Broker, request: FetchRequest, version: i16) -> Fetc
     } else {
         request.replica_id.0
     };
+    // `fetch.max.bytes` caps what the client asks for.
+    let max_bytes =
+        (request.max_bytes.max(0) as usize).min(broker.config.fetch_max_bytes.max(0) as usize);
     // A follower's position is recorded once, at the first read: later reads
     // of a long poll carry the same offset.
     let mut first = true;
@@ -43,15 +52,36 @@ pub async fn fetch(broker: &Broker, request: FetchRequest, version: i16) -> Fetc
         tokio::pin!(notified);
         notified.as_mut().enable();
 
-        let (response, bytes, any_error) = read_all(broker, &request, version, replica_id, first);
+        // Read no more than the memory pool lends now; while it lends
+        // nothing, the answer carries no records.
+        let lease = broker.memory.try_acquire_up_to(max_bytes);
+        let (response, bytes, any_error) =
+            read_all(broker, &request, version, replica_id, first, lease.bytes());
         first = false;
         if bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline {
-            return response;
+            return (response, settle(broker, lease, bytes));
         }
+        drop((response, lease));
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return read_all(broker, &request, version, replica_id, false).0;
+            let lease = broker.memory.try_acquire_up_to(max_bytes);
+            let (response, bytes, _) =
+                read_all(broker, &request, version, replica_id, false, lease.bytes());
+            return (response, settle(broker, lease, bytes));
         }
     }
+}
+
+/// Fits a fetch's lease to the `bytes` it read: the rest goes back to the
+/// pool. A first batch larger than the lease (served whole, as Kafka does)
+/// takes more if the pool has it.
+fn settle(broker: &Broker, mut lease: MemoryLease, bytes: usize) -> MemoryLease {
+    if bytes > lease.bytes() {
+        let more = broker.memory.try_acquire_up_to(bytes - lease.bytes());
+        lease.absorb(more);
+    } else {
+        lease.shrink_to(bytes);
+    }
+    lease
 }
 
 fn read_all(
@@ -60,12 +90,13 @@ fn read_all(
     version: i16,
     replica_id: i32,
     record_position: bool,
+    max_bytes: usize,
 ) -> (FetchResponse, usize, bool) {
     let from_follower = replica_id >= 0;
     let mut hw_moved = false;
     let mut isr_changes = Vec::new();
     let image = broker.replicas.image();
-    let mut budget = request.max_bytes.max(0) as usize;
+    let mut budget = max_bytes;
     let mut total = 0usize;
     let mut any_error = false;
     let read_committed = request.isolation_level == 1;
@@ -162,13 +193,9 @@ fn read_all(
                 .with_high_watermark(hw)
                 .with_last_stable_offset(hw)
                 .with_log_start_offset(state.log.log_start_offset());
-            // The first partition with data is served even past the budget
-            // (one whole batch), so a large message never blocks a consumer.
-            let limit = (p.partition_max_bytes.max(0) as usize).min(if total == 0 {
-                usize::MAX
-            } else {
-                budget
-            });
+            // The log returns a first batch whole even past the limit, so a
+            // large message never blocks a consumer (KIP-74).
+            let limit = (p.partition_max_bytes.max(0) as usize).min(budget);
             if limit == 0 {
                 partitions.push(data.with_records(Some(Bytes::new())));
                 continue;

@@ -3,7 +3,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod configs;
-mod fetch;
+pub(crate) mod fetch;
 mod groups;
 mod metadata;
 mod offsets;
@@ -24,11 +24,14 @@ use tokio::sync::Mutex;
 
 use crate::config::BrokerConfig;
 use crate::group::GroupCoordinator;
+use crate::memory::{MemoryLease, MemoryPool};
 use crate::replica::ReplicaManager;
 
 /// What a handler produces: a response, or nothing (produce with acks=0).
 pub enum Reply {
     Response(Box<ResponseKind>),
+    /// A response whose data is leased from the memory pool until written.
+    Holding(Box<ResponseKind>, MemoryLease),
     None,
 }
 
@@ -41,6 +44,9 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     /// The port the Kafka listener actually bound.
     pub bound_port: u16,
+    /// Bounds the memory of requests and fetched data in flight
+    /// (`queued.max.request.bytes`).
+    pub memory: MemoryPool,
     producer_ids: Mutex<ProducerIdBlock>,
 }
 
@@ -61,12 +67,14 @@ impl Broker {
         groups: Arc<GroupCoordinator>,
         bound_port: u16,
     ) -> Self {
+        let memory = MemoryPool::new(usize::try_from(config.queued_max_request_bytes).ok());
         Self {
             config,
             replicas,
             controller,
             groups,
             bound_port,
+            memory,
             producer_ids: Mutex::new(ProducerIdBlock::default()),
         }
     }
@@ -201,7 +209,13 @@ pub async fn dispatch(
                 anyhow::bail!("acks=0 produce failed ({failure}); closing so the client refreshes its metadata")
             }
         },
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, version).await),
+        RequestKind::Fetch(r) => {
+            let (response, lease) = fetch::fetch(broker, r, version).await;
+            return Ok(Reply::Holding(
+                Box::new(ResponseKind::Fetch(response)),
+                lease,
+            ));
+        }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(offsets::list_offsets(broker, r, version))
         }

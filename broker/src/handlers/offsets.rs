@@ -82,10 +82,21 @@ fn lookup(
         LATEST => (log.high_watermark(), -1),
         EARLIEST | EARLIEST_LOCAL => (log.log_start_offset(), -1),
         LATEST_TIERED => (-1, -1),
-        MAX_TIMESTAMP => match log.max_timestamp() {
-            Some((ts, offset)) => (offset, ts),
-            None => (-1, -1),
-        },
+        MAX_TIMESTAMP => {
+            // A client learns only of records below the high watermark.
+            let end = if from_follower {
+                log.log_end_offset()
+            } else {
+                log.high_watermark()
+            };
+            match log
+                .max_timestamp_below(end)
+                .map_err(|e| storage_error(&e))?
+            {
+                Some((ts, offset)) => (offset, ts),
+                None => (-1, -1),
+            }
+        }
         ts if ts < 0 => return Err(ResponseError::InvalidRequest),
         ts => match log
             .offset_for_timestamp(ts)

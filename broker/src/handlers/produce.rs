@@ -1,22 +1,35 @@
 //! Produce and InitProducerId.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+    TopicName,
 };
 use kafka_protocol::ResponseError;
 use tracing::debug;
 
 use super::{absent_partition_error, message, Broker};
 use crate::errors::storage_error;
-use crate::replica::now_ms;
+use crate::replica::{now_ms, Partition};
 
 /// The outcome of appending to one partition.
 struct Appended {
     partition: i32,
-    result: Result<(i64, i64, i64), (ResponseError, Option<String>)>,
+    result: Result<Written, (ResponseError, Option<String>)>,
+}
+
+/// A batch in a partition's log, and the leadership it was written under:
+/// an acks=all wait is only good for that leadership (Kafka's
+/// DelayedProduce keeps the same).
+struct Written {
+    base_offset: i64,
+    last_offset: i64,
+    log_start: i64,
+    replica: Arc<Partition>,
+    leader_epoch: i32,
 }
 
 /// What a produce request gets back.
@@ -48,19 +61,13 @@ pub async fn produce(broker: &Broker, request: ProduceRequest, _version: i16) ->
     }
 
     let mut topics = Vec::with_capacity(request.topic_data.len());
-    let mut waits = Vec::new();
     for topic in &request.topic_data {
         let name = topic.name.0.as_str();
-        let mut results = Vec::with_capacity(topic.partition_data.len());
-        for data in &topic.partition_data {
-            let result = append(broker, name, data.index, data.records.as_deref(), acks);
-            if let Ok((_, last_offset, _)) = &result.result {
-                if acks == -1 {
-                    waits.push((name.to_string(), data.index, *last_offset));
-                }
-            }
-            results.push(result);
-        }
+        let results = topic
+            .partition_data
+            .iter()
+            .map(|data| append(broker, name, data.index, data.records.as_deref(), acks))
+            .collect::<Vec<_>>();
         topics.push((topic.name.clone(), results));
     }
     broker.replicas.notify_appended();
@@ -77,16 +84,11 @@ pub async fn produce(broker: &Broker, request: ProduceRequest, _version: i16) ->
             None => ProduceOutcome::Silent,
         };
     }
-    // acks=all: the ISR must reach each batch before we answer.
-    let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut late = Vec::new();
-    for (topic, partition, last_offset) in waits {
-        if let Err(error) =
-            wait_for_high_watermark(broker, &topic, partition, last_offset + 1, deadline).await
-        {
-            late.push((topic, partition, error));
-        }
+    if acks == -1 {
+        // acks=all: the ISR must reach each batch before we answer.
+        let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
+        let deadline = tokio::time::Instant::now() + timeout;
+        await_replication(broker, &mut topics, deadline).await;
     }
 
     let responses = topics
@@ -95,19 +97,12 @@ pub async fn produce(broker: &Broker, request: ProduceRequest, _version: i16) ->
             let partitions = results
                 .into_iter()
                 .map(|a| {
-                    let late = late
-                        .iter()
-                        .find(|(t, p, _)| t == name.0.as_str() && *p == a.partition)
-                        .map(|(_, _, error)| *error);
                     let response = PartitionProduceResponse::default().with_index(a.partition);
                     match a.result {
-                        Ok(_) if late.is_some() => response
-                            .with_error_code(late.map_or(0, |e| e.code()))
-                            .with_base_offset(-1),
-                        Ok((base_offset, _, log_start)) => response
-                            .with_base_offset(base_offset)
+                        Ok(written) => response
+                            .with_base_offset(written.base_offset)
                             .with_log_append_time_ms(-1)
-                            .with_log_start_offset(log_start),
+                            .with_log_start_offset(written.log_start),
                         Err((error, text)) => response
                             .with_error_code(error.code())
                             .with_base_offset(-1)
@@ -166,13 +161,17 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks
                     .increment((info.last_offset - info.base_offset + 1) as u64);
             }
             broker.replicas.update_high_watermark(&mut state);
+            let log_start = state.log.log_start_offset();
+            drop(state);
             Appended {
                 partition: index,
-                result: Ok((
-                    info.base_offset,
-                    info.last_offset,
-                    state.log.log_start_offset(),
-                )),
+                result: Ok(Written {
+                    base_offset: info.base_offset,
+                    last_offset: info.last_offset,
+                    log_start,
+                    replica: partition,
+                    leader_epoch: epoch,
+                }),
             }
         }
         Err(e) => {
@@ -193,43 +192,99 @@ fn min_insync_replicas(broker: &Broker, topic: &str) -> usize {
         .unwrap_or(broker.config.min_insync_replicas.max(1) as usize)
 }
 
-/// Waits until the high watermark of a partition this broker leads reaches
-/// `target` (Kafka's DelayedProduce): then the answer is success, or
-/// NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR shrank below
-/// `min.insync.replicas` meanwhile. Leadership lost while waiting answers
-/// NOT_LEADER_OR_FOLLOWER; the deadline, REQUEST_TIMED_OUT.
-async fn wait_for_high_watermark(
+/// Waits until the high watermark passes every written batch of an acks=all
+/// request (Kafka's DelayedProduce). Each partition completes on its own,
+/// all under one deadline: success, or NOT_ENOUGH_REPLICAS_AFTER_APPEND if
+/// the ISR shrank below `min.insync.replicas` meanwhile. A partition whose
+/// leadership changed since the append (another leader epoch, or the replica
+/// deleted or replaced) fails at once with NOT_LEADER_OR_FOLLOWER: its batch
+/// may have been truncated, and whatever now sits at its offsets is someone
+/// else's. What is still waiting at the deadline gets REQUEST_TIMED_OUT.
+async fn await_replication(
     broker: &Broker,
-    topic: &str,
-    index: i32,
-    target: i64,
+    topics: &mut [(TopicName, Vec<Appended>)],
     deadline: tokio::time::Instant,
-) -> Result<(), ResponseError> {
+) {
+    // (topic, partition) positions still waiting; an answer, once known, stays.
+    let mut pending: Vec<(usize, usize)> = topics
+        .iter()
+        .enumerate()
+        .flat_map(|(t, (_, results))| {
+            results
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.result.is_ok())
+                .map(move |(p, _)| (t, p))
+        })
+        .collect();
     loop {
+        // Registered before checking, so a change between the check and the
+        // wait is not missed.
         let notified = broker.replicas.appended().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let Some(partition) = broker.replicas.partition(topic, index) else {
-            return Err(ResponseError::NotLeaderOrFollower);
-        };
-        {
-            let state = partition.state();
-            if state.deleted || state.leader != broker.config.node_id {
-                return Err(ResponseError::NotLeaderOrFollower);
+        pending.retain(|&(t, p)| {
+            let (name, results) = &mut topics[t];
+            let appended = &mut results[p];
+            let Ok(written) = &appended.result else {
+                return false;
+            };
+            match replication_state(broker, name.0.as_str(), written) {
+                Replication::Pending => true,
+                Replication::Done => false,
+                Replication::Failed(error) => {
+                    let text = (error == ResponseError::NotLeaderOrFollower).then(|| {
+                        "leadership changed while the batch waited for the in-sync replicas; \
+                         it may have been truncated"
+                            .to_string()
+                    });
+                    appended.result = Err((error, text));
+                    false
+                }
             }
-            if state.log.high_watermark() >= target {
-                let in_sync = state.maximal_isr().len();
-                drop(state);
-                return if in_sync >= min_insync_replicas(broker, topic) {
-                    Ok(())
-                } else {
-                    Err(ResponseError::NotEnoughReplicasAfterAppend)
-                };
-            }
+        });
+        if pending.is_empty() {
+            return;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Err(ResponseError::RequestTimedOut);
+            break;
         }
+    }
+    for (t, p) in pending {
+        topics[t].1[p].result = Err((ResponseError::RequestTimedOut, None));
+    }
+}
+
+enum Replication {
+    Pending,
+    Done,
+    Failed(ResponseError),
+}
+
+/// Where one written batch of an acks=all request stands.
+fn replication_state(broker: &Broker, topic: &str, written: &Written) -> Replication {
+    let replica = &written.replica;
+    let current = broker.replicas.partition(topic, replica.index);
+    if !current.is_some_and(|p| Arc::ptr_eq(&p, replica)) {
+        // Deleted, or replaced by a replica of a newer topic of that name.
+        return Replication::Failed(ResponseError::NotLeaderOrFollower);
+    }
+    let state = replica.state();
+    if state.deleted
+        || state.leader != broker.config.node_id
+        || state.leader_epoch != written.leader_epoch
+    {
+        return Replication::Failed(ResponseError::NotLeaderOrFollower);
+    }
+    if state.log.high_watermark() <= written.last_offset {
+        return Replication::Pending;
+    }
+    let in_sync = state.maximal_isr().len();
+    drop(state);
+    if in_sync >= min_insync_replicas(broker, topic) {
+        Replication::Done
+    } else {
+        Replication::Failed(ResponseError::NotEnoughReplicasAfterAppend)
     }
 }
 

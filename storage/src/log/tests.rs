@@ -1054,3 +1054,74 @@ fn follower_jumping_ahead_on_an_empty_log() {
     );
     assert_eq!(log.end_offset_for_epoch(2), (2, far + 1));
 }
+
+#[test]
+fn max_timestamp_below_an_offset_ignores_the_batches_at_or_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), small_segments());
+    // Two records per batch; batch i's records have timestamps t_i, t_i + 1.
+    // One early outlier, and equal maxima (the first batch carrying it wins).
+    let firsts: Vec<i64> = (0..30)
+        .map(|i| match i {
+            7 => 9_000,
+            20 | 24 => 20_000,
+            i => i * 100,
+        })
+        .collect();
+    for &t in &firsts {
+        log.append_as_leader(&batch(2, t), 0, 0).unwrap();
+    }
+    assert!(log.segment_count() > 3);
+    for end in 0..=log.log_end_offset() {
+        // Batch i holds offsets 2i and 2i + 1; its max record is the second.
+        let expected = firsts
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| 2 * i as i64 + 1 < end)
+            .fold(None, |best: Option<(i64, i64)>, (i, &t)| match best {
+                Some((ts, _)) if ts > t => best,
+                _ => Some((t + 1, 2 * i as i64 + 1)),
+            });
+        assert_eq!(
+            log.max_timestamp_below(end).unwrap(),
+            expected,
+            "below {end}"
+        );
+    }
+    assert_eq!(log.max_timestamp(), Some((20_001, 41)));
+}
+
+#[test]
+fn a_read_allocates_no_more_than_lies_below_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), LogConfig::default());
+    for _ in 0..3 {
+        log.append_as_leader(&batch(10, 1_000), 0, 0).unwrap();
+    }
+    log.set_high_watermark(30);
+    // 8 MiB more in the same segment, above the high watermark.
+    for _ in 0..1_000 {
+        log.append_as_leader(&batch(80, 1_000), 0, 0).unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    // A consumer asking for up to 1 GiB from the start.
+    let (largest, read) =
+        crate::test_alloc::largest_allocation(|| log.read(0, 1 << 30, 30).unwrap());
+    assert_eq!(batches_in(&read.records).len(), 3);
+    let returned = read.records.len();
+    // The index scan reads in windows of a few KiB; nothing near the 8 MiB.
+    assert!(
+        largest <= returned.max(64 << 10),
+        "returned {returned} bytes but allocated {largest} at once"
+    );
+    // Reading from the middle of the committed part, and a bound inside a
+    // later segment's range, return the same whole batches as before.
+    let read = log.read(10, 1 << 30, 30).unwrap();
+    assert_eq!(batches_in(&read.records), vec![(10, 19, 0), (20, 29, 0)]);
+    let read = log.read(0, 1 << 30, 31).unwrap();
+    assert_eq!(
+        batches_in(&read.records).len(),
+        4,
+        "the batch holding the bound is included"
+    );
+}
