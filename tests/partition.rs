@@ -41,21 +41,9 @@ fn view(address: &str) -> Option<(i32, usize)> {
     Some((p.leader(), p.isr().len()))
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
-    if !is_root() {
-        eprintln!("SKIPPED: network namespaces need root (CI runs this test as root)");
-        return;
-    }
-    let network = Network::new(6).expect("network namespaces");
+    let network = Network::for_test(6);
     let mut cluster = Cluster::start_on(Some(&network), 3, 3, FAST);
     let out = cluster.cli(&[
         "create",

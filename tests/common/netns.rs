@@ -99,6 +99,18 @@ impl Network {
         Ok(net)
     }
 
+    /// [`Network::new`] for a test that needs it: where namespaces cannot
+    /// be made (not root, no iproute2 or iptables) the test fails with the
+    /// reason. It never passes without having run.
+    pub fn for_test(hosts: usize) -> Self {
+        Self::new(hosts).unwrap_or_else(|e| {
+            panic!(
+                "this test runs nodes in Linux network namespaces, which needs root, \
+                 iproute2 and iptables (CI runs it as root); it cannot run here: {e}"
+            )
+        })
+    }
+
     fn bridge(&self) -> String {
         format!("slb{}", self.tag)
     }
