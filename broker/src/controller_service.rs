@@ -377,11 +377,21 @@ impl ControllerService {
             let wait = Duration::from_millis(r.max_wait_ms.clamp(0, 30_000) as u64);
             self.log.wait_beyond(from - 1, wait).await;
         }
+        // Who leads, as this voter knows it: a voter cut off from the quorum
+        // (or whose quorum loop stopped) knows none, and its log is frozen,
+        // so the follower goes elsewhere.
+        let current_leader = match self.log.quorum_leader() {
+            Some(l) => fetch_response::LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(l.leader_id))
+                .with_leader_epoch(l.term),
+            None => fetch_response::LeaderIdAndEpoch::default(),
+        };
         let mut data = fetch_response::PartitionData::default()
             .with_partition_index(0)
             .with_high_watermark(self.log.last_offset() as i64 + 1)
             .with_log_start_offset(-1)
-            .with_last_stable_offset(-1);
+            .with_last_stable_offset(-1)
+            .with_current_leader(current_leader);
         match self.log.read_entries(from, max_bytes) {
             Some(entries) => match encode_entries(&entries) {
                 Ok(records) => data = data.with_records(Some(records)),

@@ -11,6 +11,8 @@ mod handlers;
 pub mod isr;
 pub mod kafka_client;
 pub mod lifecycle;
+#[cfg(test)]
+mod metadata_follow_tests;
 pub mod replica;
 #[cfg(test)]
 mod replication_tests;

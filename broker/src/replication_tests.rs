@@ -56,9 +56,22 @@ impl Cluster {
 
 /// A controller that only answers AlterPartition, validating it as the real
 /// one does and committing the new ISR to the test's metadata log.
-struct TestController {
+pub(crate) struct TestController {
     cluster: Arc<Mutex<Cluster>>,
     calls: Mutex<Vec<(i32, i64, IsrChange)>>,
+}
+
+impl TestController {
+    /// One with an empty log, for tests that need a controller but ask nothing of it.
+    pub(crate) fn idle() -> Self {
+        Self {
+            cluster: Arc::new(Mutex::new(Cluster {
+                loaders: Vec::new(),
+                offset: 0,
+            })),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 fn refuse<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, ControllerError>> {

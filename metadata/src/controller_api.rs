@@ -275,6 +275,19 @@ pub trait MetadataLogSource: Send + Sync {
     fn snapshot(&self) -> (u64, Vec<u8>);
     /// Resolves when an entry after `offset` has been applied, or after `max_wait`.
     fn wait_beyond(&self, offset: u64, max_wait: std::time::Duration) -> BoxFuture<'_, ()>;
+    /// The quorum's leader as this node knows it, with its term, or `None`
+    /// when it knows none (an election is on, it is cut off from the other
+    /// voters, or its quorum loop has stopped): its log may then be frozen,
+    /// and a follower of the log should go to the leader (as KRaft's
+    /// observers do).
+    fn quorum_leader(&self) -> Option<QuorumLeader>;
+}
+
+/// A quorum leader and its term (Kafka's leader id and epoch of the metadata log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuorumLeader {
+    pub leader_id: i32,
+    pub term: i32,
 }
 
 /// One voter's or observer's replication state, for DescribeQuorum.
