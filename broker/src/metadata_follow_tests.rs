@@ -1,22 +1,28 @@
 //! The metadata log as brokers follow it: controller listeners over test
 //! logs whose leadership the test moves. A broker leaves a voter that no
 //! longer knows the quorum leader (cut off, or its quorum loop stopped) for
-//! the leader.
+//! the leader; and snapshots handed to brokers that catch up at different
+//! times are each read whole.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::{
+    fetch_request, fetch_snapshot_request, BrokerId, FetchRequest, FetchSnapshotRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 use sluice_metadata::controller_api::{BoxFuture, ControllerApi, MetadataLogSource, QuorumLeader};
 use sluice_metadata::{encode_batch, MetadataRecord, TopicRecord, Uuid};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::controller_client::follow_metadata_log;
-use crate::controller_service::ControllerService;
+use crate::controller_service::{ControllerService, METADATA_TOPIC};
 use crate::replication_tests::TestController;
-use crate::server;
+use crate::{server, KafkaClient};
 
 /// One voter's committed log, as the test sets it.
 #[derive(Default)]
@@ -173,4 +179,115 @@ async fn a_broker_leaves_a_voter_cut_off_from_the_quorum_for_the_leader() {
         image.borrow().offset
     );
     let _ = stop.send(true);
+}
+
+fn snapshot_fetch(end_offset: i64, position: usize, max_bytes: i32) -> FetchSnapshotRequest {
+    FetchSnapshotRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_bytes(max_bytes)
+        .with_topics(vec![fetch_snapshot_request::TopicSnapshot::default()
+            .with_name(TopicName(StrBytes::from_static_str(METADATA_TOPIC)))
+            .with_partitions(vec![
+                fetch_snapshot_request::PartitionSnapshot::default()
+                    .with_partition(0)
+                    .with_snapshot_id(
+                        fetch_snapshot_request::SnapshotId::default()
+                            .with_end_offset(end_offset)
+                            .with_epoch(0),
+                    )
+                    .with_position(position as i64),
+            ])])
+}
+
+/// A broker far behind: the snapshot end offset the controller points it to.
+async fn fetch_from_start(client: &mut KafkaClient) -> i64 {
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(9))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(METADATA_TOPIC)))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(1)
+                .with_partition_max_bytes(1 << 20)])]);
+    let response = client.send_version(request, 12).await.unwrap();
+    let p = &response.responses[0].partitions[0];
+    assert_eq!(p.error_code, ResponseError::OffsetOutOfRange.code());
+    p.snapshot_id.end_offset
+}
+
+/// Reads `size` bytes of snapshot `end_offset` from `from` on, in chunks of 300.
+async fn read_snapshot(
+    client: &mut KafkaClient,
+    end_offset: i64,
+    data: &mut Vec<u8>,
+    chunks: usize,
+) -> Result<(), i16> {
+    for _ in 0..chunks {
+        let response = client
+            .send_version(snapshot_fetch(end_offset, data.len(), 300), 0)
+            .await
+            .unwrap();
+        let p = &response.topics[0].partitions[0];
+        if p.error_code != 0 {
+            return Err(p.error_code);
+        }
+        data.extend_from_slice(&p.unaligned_records);
+        if data.len() as i64 >= p.size {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_catching_up_at_different_times_each_read_their_snapshot_whole() {
+    let log = Arc::new(TestLog::default());
+    log.set(|s| {
+        s.base = 10;
+        s.entries = (11..=12).map(entry).collect();
+        s.leader = leader(1, 1);
+    });
+    let address = serve(1, log.clone()).await;
+    let mut a = KafkaClient::connect(&address, "a").await.unwrap();
+    let mut b = KafkaClient::connect(&address, "b").await.unwrap();
+    let mut c = KafkaClient::connect(&address, "c").await.unwrap();
+
+    // Broker A is pointed at the snapshot at 12 and reads its first chunk.
+    let a_snapshot = fetch_from_start(&mut a).await;
+    assert_eq!(a_snapshot, 13);
+    let mut a_data = Vec::new();
+    read_snapshot(&mut a, a_snapshot, &mut a_data, 1)
+        .await
+        .unwrap();
+    assert_eq!(a_data.len(), 300);
+
+    // A second broker asks while that snapshot is still good: it is
+    // handed the same one, not a new encoding of the image.
+    assert_eq!(fetch_from_start(&mut c).await, 13);
+    assert_eq!(log.snapshots_encoded.load(Ordering::SeqCst), 1);
+
+    // The log moves on past the snapshot; broker B catches up later and
+    // gets a newer one.
+    log.set(|s| {
+        s.base = 20;
+        s.entries = (21..=25).map(entry).collect();
+    });
+    let b_snapshot = fetch_from_start(&mut b).await;
+    assert_eq!(b_snapshot, 26);
+
+    // Broker A goes on reading the snapshot it started, to its end.
+    let result = read_snapshot(&mut a, a_snapshot, &mut a_data, 10).await;
+    assert_eq!(
+        result,
+        Ok(()),
+        "broker A's snapshot went away while it read it"
+    );
+    assert_eq!(a_data, snapshot_bytes(12));
+    let mut b_data = Vec::new();
+    read_snapshot(&mut b, b_snapshot, &mut b_data, 10)
+        .await
+        .unwrap();
+    assert_eq!(b_data, snapshot_bytes(25));
 }
