@@ -528,9 +528,14 @@ impl ControllerApi for RemoteController {
                         c.new_isr
                             .iter()
                             .map(|&b| {
+                                let epoch = c
+                                    .broker_epochs
+                                    .iter()
+                                    .find(|(id, _)| *id == b)
+                                    .map_or(-1, |(_, epoch)| *epoch);
                                 alter_partition_request::BrokerState::default()
                                     .with_broker_id(BrokerId(b))
-                                    .with_broker_epoch(-1)
+                                    .with_broker_epoch(epoch)
                             })
                             .collect(),
                     );

@@ -315,13 +315,17 @@ impl ControllerService {
         let mut changes = Vec::new();
         for t in &r.topics {
             for p in &t.partitions {
-                let new_isr = if p.new_isr_with_epochs.is_empty() {
-                    p.new_isr.iter().map(|b| b.0).collect()
+                let (new_isr, broker_epochs) = if p.new_isr_with_epochs.is_empty() {
+                    (p.new_isr.iter().map(|b| b.0).collect(), Vec::new())
                 } else {
-                    p.new_isr_with_epochs
-                        .iter()
-                        .map(|b| b.broker_id.0)
-                        .collect()
+                    let members = &p.new_isr_with_epochs;
+                    (
+                        members.iter().map(|b| b.broker_id.0).collect(),
+                        members
+                            .iter()
+                            .map(|b| (b.broker_id.0, b.broker_epoch))
+                            .collect(),
+                    )
                 };
                 changes.push(IsrChange {
                     topic_id: t.topic_id,
@@ -329,6 +333,7 @@ impl ControllerService {
                     leader_epoch: p.leader_epoch,
                     partition_epoch: p.partition_epoch,
                     new_isr,
+                    broker_epochs,
                 });
             }
         }

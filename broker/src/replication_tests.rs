@@ -451,7 +451,11 @@ async fn follower_replicates_and_truncates_after_a_leader_change() {
         .lock()
         .unwrap()
         .iter()
-        .any(|(broker, epoch, c)| *broker == 2 && *epoch == 12 && c.new_isr == vec![2, 1]));
+        .any(|(broker, epoch, c)| *broker == 2
+            && *epoch == 12
+            && c.new_isr == vec![2, 1]
+            // Node 1 is added on the strength of fetches of its registration (KIP-903).
+            && c.broker_epochs == vec![(2, 12), (1, 11)]));
     assert_eq!(produce(leader.address, -1, "e").await, (0, 5));
 
     // The follower stops fetching and falls behind: after

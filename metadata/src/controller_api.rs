@@ -156,6 +156,12 @@ pub struct IsrChange {
     /// The partition epoch the sender's view is based on.
     pub partition_epoch: i32,
     pub new_isr: Vec<i32>,
+    /// Members of `new_isr` with the broker epoch of the registration whose
+    /// fetches showed them in sync (KIP-903; AlterPartition v3's
+    /// `NewIsrWithEpochs`). The controller refuses to add a replica whose
+    /// broker has registered again since: it may have lost what it had
+    /// fetched. A member not listed, or at -1, is not checked.
+    pub broker_epochs: Vec<(i32, i64)>,
 }
 
 /// A partition's state after a committed ISR change.
