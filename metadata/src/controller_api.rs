@@ -207,6 +207,17 @@ pub enum GroupWrite {
         member_id: String,
         offsets: Vec<TopicOffsets>,
     },
+    /// A rebalance began in a group whose committed `generation` has no
+    /// members: the group is in use again, so its offsets' retention counts
+    /// from `at_ms` (Kafka expires nothing of a group that is rebalancing;
+    /// expiry runs on the controller, which sees only committed state).
+    /// Refused when the group is no longer at `generation` (it was expired
+    /// or deleted meanwhile): the rebalance then starts a new group.
+    RebalanceStarted {
+        group_id: String,
+        generation: i32,
+        at_ms: i64,
+    },
     /// Removes an empty group and all its offsets.
     DeleteGroup { group_id: String },
     DeleteOffsets {
@@ -220,6 +231,7 @@ impl GroupWrite {
         match self {
             GroupWrite::Membership { group, .. } => &group.group_id,
             GroupWrite::CommitOffsets { group_id, .. }
+            | GroupWrite::RebalanceStarted { group_id, .. }
             | GroupWrite::DeleteGroup { group_id }
             | GroupWrite::DeleteOffsets { group_id, .. } => group_id,
         }
