@@ -9,11 +9,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::acked::{verify, wait_until, AckedWriter, TailingReader};
-use common::cluster::Cluster;
-use kafka_protocol::messages::{
-    describe_quorum_request, fetch_request, BrokerId, DescribeQuorumRequest, FetchRequest,
-    TopicName,
-};
+use common::cluster::{wait_for_quorum, Cluster};
+use kafka_protocol::messages::{fetch_request, BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use rdkafka::config::ClientConfig;
@@ -30,63 +27,6 @@ const FAST: &[&str] = &[
     "replica.lag.time.max.ms=5000",
     "metadata.snapshot.max.records=25",
 ];
-
-struct QuorumView {
-    leader: i32,
-    epoch: i32,
-    high_watermark: i64,
-    /// (voter, log end offset)
-    voters: Vec<(i32, i64)>,
-}
-
-async fn describe_quorum(cluster: &mut Cluster) -> Option<QuorumView> {
-    for node in cluster.controllers.iter_mut() {
-        if !node.is_running() {
-            continue;
-        }
-        let Ok(mut client) = KafkaClient::connect(&node.address(), "test").await else {
-            continue;
-        };
-        let request = DescribeQuorumRequest::default().with_topics(vec![
-            describe_quorum_request::TopicData::default()
-                .with_topic_name(StrBytes::from_static_str("__cluster_metadata").into())
-                .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
-        ]);
-        let Ok(r) = client.send(request).await else {
-            continue;
-        };
-        if r.error_code != 0 {
-            continue;
-        }
-        let p = r.topics.first()?.partitions.first()?;
-        return Some(QuorumView {
-            leader: p.leader_id.0,
-            epoch: p.leader_epoch,
-            high_watermark: p.high_watermark,
-            voters: p
-                .current_voters
-                .iter()
-                .map(|v| (v.replica_id.0, v.log_end_offset))
-                .collect(),
-        });
-    }
-    None
-}
-
-async fn wait_for_quorum(cluster: &mut Cluster, limit: Duration) -> QuorumView {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(q) = describe_quorum(cluster).await {
-            return q;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no quorum leader:\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn created(cluster: &mut Cluster, args: &[&str]) {
     let out = cluster.cli(args);

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::acked::{verify, wait_until, AckedWriter};
-use common::cluster::Cluster;
+use common::cluster::{wait_for_quorum, Cluster};
 use common::netns::Network;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -25,37 +25,30 @@ const ISOLATED_BASE: u64 = 1_000_000_000_000;
 
 /// (leader, ISR size) of partition 0 as the broker at `address` alone sees it.
 fn view(address: &str) -> Option<(i32, usize)> {
+    view_of(address, "split", 0)
+}
+
+/// (leader, ISR size) of a partition as the broker at `address` alone sees it.
+fn view_of(address: &str, topic: &str, partition: i32) -> Option<(i32, usize)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", address)
         .create()
         .ok()?;
     let metadata = consumer
-        .fetch_metadata(Some("split"), Duration::from_secs(5))
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
         .ok()?;
     let p = metadata
         .topics()
         .first()?
         .partitions()
         .iter()
-        .find(|p| p.id() == 0)?;
+        .find(|p| p.id() == partition)?;
     Some((p.leader(), p.isr().len()))
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
-    if !is_root() {
-        eprintln!("SKIPPED: network namespaces need root (CI runs this test as root)");
-        return;
-    }
-    let network = Network::new(6).expect("network namespaces");
+    let network = Network::for_test(6);
     let mut cluster = Cluster::start_on(Some(&network), 3, 3, FAST);
     let out = cluster.cli(&[
         "create",
@@ -177,5 +170,107 @@ async fn an_isolated_leader_commits_nothing_and_heals_into_one_leader() {
             log.values().all(|&seq| seq < ISOLATED_BASE),
             "an unacknowledged write to the isolated leader was kept"
         );
+    }
+}
+
+/// The controller listener's port on every controller host.
+const CONTROLLER_PORT: u16 = 9093;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_follows_the_metadata_log_past_a_voter_cut_off_from_the_quorum() {
+    // Controllers on hosts 0..3 (ids 1001..), brokers 1 and 2 on hosts 3 and 4.
+    let network = Network::for_test(5);
+    let mut cluster = Cluster::start_on(Some(&network), 3, 2, FAST);
+    let out = cluster.cli(&[
+        "create",
+        "moving",
+        "--partitions",
+        "2",
+        "--replication-factor",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let broker_1 = cluster.broker(1).address();
+    // A partition broker 2 leads, with broker 1 in sync: it moves to
+    // broker 1 when broker 2 goes.
+    let mut moving = None;
+    wait_until(
+        || {
+            moving = (0..2).find(|&p| view_of(&broker_1, "moving", p) == Some((2, 2)));
+            moving.is_some()
+        },
+        Duration::from_secs(60),
+    );
+    let moving = moving.expect("a partition led by broker 2");
+
+    // The voter broker 1 fetches the metadata log from: among the
+    // controllers it is connected to (its follower, and its heartbeats to
+    // the active controller), the one that is not the active controller,
+    // if any.
+    let active = wait_for_quorum(&mut cluster, Duration::from_secs(30))
+        .await
+        .leader;
+    let host_of = |id: i32| (id - 1001) as usize;
+    let connected = network.connected_hosts(3, CONTROLLER_PORT);
+    assert!(
+        !connected.is_empty(),
+        "broker 1 has no controller connection"
+    );
+    let source = connected
+        .iter()
+        .copied()
+        .find(|&h| h != host_of(active))
+        .unwrap_or(host_of(active));
+    eprintln!(
+        "broker 1 follows controller {}; controller {active} leads",
+        1001 + source
+    );
+
+    // Cut that voter off from the other voters; brokers still reach it.
+    for other in (0..3).filter(|&h| h != source) {
+        network.cut_between(source, other);
+    }
+    let cut_at = Instant::now();
+    // The other two lead (a new leader if the cut one led).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let q = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
+        if host_of(q.leader) != source {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader besides the cut voter");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A leadership change after the cut: broker 2 shuts down, and its
+    // partition moves to broker 1, which must learn that it leads.
+    cluster.broker(2).stop();
+    let learned = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = view_of(&broker_1, "moving", moving);
+            if seen.is_some_and(|(leader, _)| leader == 1) || Instant::now() > deadline {
+                break seen;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert!(
+        learned.is_some_and(|(leader, _)| leader == 1),
+        "broker 1 still sees {learned:?} for partition {moving} {:?} after the cut: \
+         it follows a voter cut off from the quorum\n{}",
+        cut_at.elapsed(),
+        cluster.logs()
+    );
+    eprintln!(
+        "broker 1 learned it leads {:?} after the cut",
+        cut_at.elapsed()
+    );
+    for other in (0..3).filter(|&h| h != source) {
+        network.heal_between(source, other);
     }
 }

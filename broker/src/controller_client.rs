@@ -529,9 +529,14 @@ impl ControllerApi for RemoteController {
                         c.new_isr
                             .iter()
                             .map(|&b| {
+                                let epoch = c
+                                    .broker_epochs
+                                    .iter()
+                                    .find(|(id, _)| *id == b)
+                                    .map_or(-1, |(_, epoch)| *epoch);
                                 alter_partition_request::BrokerState::default()
                                     .with_broker_id(BrokerId(b))
-                                    .with_broker_epoch(-1)
+                                    .with_broker_epoch(epoch)
                             })
                             .collect(),
                     );
@@ -586,6 +591,12 @@ impl ControllerApi for RemoteController {
 /// entries after the image's offset (long polling), applies them in order
 /// through a loader whose publishers see every change, and loads a snapshot
 /// when the entries it needs are no longer kept. Runs until `stop`.
+///
+/// Like a KRaft observer it follows the quorum's leader. Every voter serves
+/// the committed entries it has, so the broker keeps learning during an
+/// election, but a voter that knows no leader may be cut off from the
+/// quorum (or its quorum loop may have stopped) and its log frozen: the
+/// broker leaves it for the leader it names, or else for the next voter.
 pub fn follow_metadata_log(
     node_id: i32,
     voters: Vec<(i32, String)>,
@@ -610,16 +621,32 @@ pub fn follow_metadata_log(
             if voters.is_empty() || *stop.borrow() {
                 return;
             }
-            let (_, address) = &voters[next_voter % voters.len()];
-            next_voter += 1;
-            let session = follow_from(node_id, address, &mut loader);
-            tokio::select! {
-                result = session => {
-                    if let Err(e) = result {
-                        debug!(controller = %address, error = %e, "metadata fetch interrupted");
-                    }
-                }
+            let index = next_voter % voters.len();
+            let (voter_id, address) = &voters[index];
+            next_voter = index + 1;
+            let session = follow_from(node_id, *voter_id, address, &mut loader);
+            let ended = tokio::select! {
+                ended = session => ended,
                 _ = stop.wait_for(|s| *s) => return,
+            };
+            match ended {
+                Ok(SessionEnd::Leader(leader)) => {
+                    if let Some(i) = voters.iter().position(|(id, _)| *id == leader) {
+                        debug!(from = voter_id, to = leader, "following the quorum leader");
+                        next_voter = i;
+                        continue;
+                    }
+                    warn!(leader, "the quorum leader is not a configured voter");
+                }
+                Ok(SessionEnd::NoLeader) => {
+                    info!(
+                        controller = voter_id,
+                        "the controller knows no quorum leader; following another"
+                    );
+                }
+                Err(e) => {
+                    debug!(controller = %address, error = %e, "metadata fetch interrupted")
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -637,11 +664,23 @@ enum FollowError {
     Records(String),
 }
 
+/// Why a follower left a voter in good order.
+#[derive(Debug, PartialEq, Eq)]
+enum SessionEnd {
+    /// The voter is not the leader; this one is.
+    Leader(i32),
+    /// The voter knows no leader.
+    NoLeader,
+}
+
+/// Fetches from the voter `voter_id` at `address` while it is the quorum
+/// leader (or says nothing of leaders), applying what it serves.
 async fn follow_from(
     node_id: i32,
+    voter_id: i32,
     address: &str,
     loader: &mut MetadataLoader,
-) -> Result<(), FollowError> {
+) -> Result<SessionEnd, FollowError> {
     const MAX_BYTES: i32 = 8 * 1024 * 1024;
     let mut client = KafkaClient::connect(address, CLIENT_ID).await?;
     client.set_request_timeout(Duration::from_secs(10));
@@ -667,6 +706,16 @@ async fn follow_from(
         else {
             return Err(FollowError::Kafka(response.error_code));
         };
+        // What this voter serves is committed whoever leads; where to fetch
+        // next is decided once it is applied.
+        let leader = p.current_leader.leader_id.0;
+        let end = if leader < 0 {
+            Some(SessionEnd::NoLeader)
+        } else if leader != voter_id {
+            Some(SessionEnd::Leader(leader))
+        } else {
+            None
+        };
         if p.error_code == ResponseError::OffsetOutOfRange.code() && p.snapshot_id.end_offset > 0 {
             let end_offset = p.snapshot_id.end_offset;
             let data = fetch_snapshot(&mut client, end_offset).await?;
@@ -686,28 +735,29 @@ async fn follow_from(
         }
         // The source's high watermark is one past its last committed entry.
         let committed = (p.high_watermark - 1).max(0) as u64;
-        let Some(mut records) = p.records.filter(|r| !r.is_empty()) else {
-            loader.set_committed_offset(committed);
-            continue;
-        };
-        let sets = RecordBatchDecoder::decode_all(&mut records)
-            .map_err(|e| FollowError::Records(e.to_string()))?;
-        for set in sets {
-            for record in set.records {
-                let offset = record.offset as u64;
-                if offset <= loader.image().offset {
-                    continue;
-                }
-                let data = record.value.unwrap_or_default();
-                if let Err(e) = loader.load_entry(offset, &data) {
-                    // The controllers applied this entry; if this broker
-                    // cannot, it is a bug, and the entry is skipped whole.
-                    warn!(offset, error = %e, "metadata entry does not replay here; skipped");
-                    loader.skip_entry(offset);
+        if let Some(mut records) = p.records.filter(|r| !r.is_empty()) {
+            let sets = RecordBatchDecoder::decode_all(&mut records)
+                .map_err(|e| FollowError::Records(e.to_string()))?;
+            for set in sets {
+                for record in set.records {
+                    let offset = record.offset as u64;
+                    if offset <= loader.image().offset {
+                        continue;
+                    }
+                    let data = record.value.unwrap_or_default();
+                    if let Err(e) = loader.load_entry(offset, &data) {
+                        // The controllers applied this entry; if this broker
+                        // cannot, it is a bug, and the entry is skipped whole.
+                        warn!(offset, error = %e, "metadata entry does not replay here; skipped");
+                        loader.skip_entry(offset);
+                    }
                 }
             }
         }
         loader.set_committed_offset(committed);
+        if let Some(end) = end {
+            return Ok(end);
+        }
     }
 }
 

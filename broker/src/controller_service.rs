@@ -17,9 +17,10 @@
 //! - Envelope: a group coordinator's write to the metadata log (a
 //!   generation, committed offsets, a deletion), as JSON.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -65,8 +66,55 @@ pub struct ControllerService {
     pub voters: Vec<(i32, String, u16)>,
     pub max_request_bytes: usize,
     pub max_connections: usize,
-    /// The last snapshot handed out, kept so it can be fetched in chunks.
-    snapshot: Mutex<Option<(u64, Bytes)>>,
+    /// Snapshots handed out, kept so each can be fetched in chunks.
+    snapshots: Mutex<SnapshotCache>,
+}
+
+/// Snapshots handed to brokers that fell behind the kept entries, by
+/// offset. A broker reads one in chunks over several requests, so a
+/// snapshot stays while it is being read, even after another broker that
+/// caught up later was handed a newer one; and a snapshot still recent
+/// enough is handed to the next broker too, rather than encoding the whole
+/// image once per broker.
+#[derive(Default)]
+struct SnapshotCache {
+    /// offset -> (encoded image, last read).
+    entries: BTreeMap<u64, (Bytes, Instant)>,
+}
+
+/// A snapshot nobody has read for this long is dropped.
+const SNAPSHOT_IDLE: Duration = Duration::from_secs(60);
+/// At most this many snapshots are kept (the least recently read goes).
+const MAX_SNAPSHOTS: usize = 4;
+
+impl SnapshotCache {
+    fn get(&mut self, offset: u64) -> Option<Bytes> {
+        let (bytes, used) = self.entries.get_mut(&offset)?;
+        *used = Instant::now();
+        Some(bytes.clone())
+    }
+
+    fn newest(&self) -> Option<u64> {
+        self.entries.keys().next_back().copied()
+    }
+
+    fn insert(&mut self, offset: u64, bytes: Bytes) {
+        let now = Instant::now();
+        self.entries
+            .retain(|_, (_, used)| now.duration_since(*used) < SNAPSHOT_IDLE);
+        while self.entries.len() >= MAX_SNAPSHOTS {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(&offset, _)| offset);
+            match oldest {
+                Some(offset) => self.entries.remove(&offset),
+                None => break,
+            };
+        }
+        self.entries.insert(offset, (bytes, now));
+    }
 }
 
 fn supported() -> Vec<(ApiKey, i16, i16)> {
@@ -120,8 +168,28 @@ impl ControllerService {
             voters,
             max_request_bytes: 104_857_600,
             max_connections: 10_000,
-            snapshot: Mutex::new(None),
+            snapshots: Mutex::new(SnapshotCache::default()),
         }
+    }
+
+    fn snapshots(&self) -> MutexGuard<'_, SnapshotCache> {
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The offset of a snapshot a follower whose entries are gone can load
+    /// and go on from: the newest one kept, if the entries after it are
+    /// still there, or else a new one of the whole image.
+    fn snapshot_for_follower(&self) -> u64 {
+        let newest = self.snapshots().newest();
+        if let Some(offset) = newest {
+            if self.log.read_entries(offset + 1, 1).is_some() {
+                return offset;
+            }
+        }
+        // Encoded outside the lock: the image may be large.
+        let (offset, bytes) = self.log.snapshot();
+        self.snapshots().insert(offset, Bytes::from(bytes));
+        offset
     }
 
     async fn handle(
@@ -247,13 +315,17 @@ impl ControllerService {
         let mut changes = Vec::new();
         for t in &r.topics {
             for p in &t.partitions {
-                let new_isr = if p.new_isr_with_epochs.is_empty() {
-                    p.new_isr.iter().map(|b| b.0).collect()
+                let (new_isr, broker_epochs) = if p.new_isr_with_epochs.is_empty() {
+                    (p.new_isr.iter().map(|b| b.0).collect(), Vec::new())
                 } else {
-                    p.new_isr_with_epochs
-                        .iter()
-                        .map(|b| b.broker_id.0)
-                        .collect()
+                    let members = &p.new_isr_with_epochs;
+                    (
+                        members.iter().map(|b| b.broker_id.0).collect(),
+                        members
+                            .iter()
+                            .map(|b| (b.broker_id.0, b.broker_epoch))
+                            .collect(),
+                    )
                 };
                 changes.push(IsrChange {
                     topic_id: t.topic_id,
@@ -261,6 +333,7 @@ impl ControllerService {
                     leader_epoch: p.leader_epoch,
                     partition_epoch: p.partition_epoch,
                     new_isr,
+                    broker_epochs,
                 });
             }
         }
@@ -377,11 +450,21 @@ impl ControllerService {
             let wait = Duration::from_millis(r.max_wait_ms.clamp(0, 30_000) as u64);
             self.log.wait_beyond(from - 1, wait).await;
         }
+        // Who leads, as this voter knows it: a voter cut off from the quorum
+        // (or whose quorum loop stopped) knows none, and its log is frozen,
+        // so the follower goes elsewhere.
+        let current_leader = match self.log.quorum_leader() {
+            Some(l) => fetch_response::LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(l.leader_id))
+                .with_leader_epoch(l.term),
+            None => fetch_response::LeaderIdAndEpoch::default(),
+        };
         let mut data = fetch_response::PartitionData::default()
             .with_partition_index(0)
             .with_high_watermark(self.log.last_offset() as i64 + 1)
             .with_log_start_offset(-1)
-            .with_last_stable_offset(-1);
+            .with_last_stable_offset(-1)
+            .with_current_leader(current_leader);
         match self.log.read_entries(from, max_bytes) {
             Some(entries) => match encode_entries(&entries) {
                 Ok(records) => data = data.with_records(Some(records)),
@@ -391,9 +474,7 @@ impl ControllerService {
                 }
             },
             None => {
-                let (offset, bytes) = self.log.snapshot();
-                *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((offset, Bytes::from(bytes)));
+                let offset = self.snapshot_for_follower();
                 data = data
                     .with_error_code(ResponseError::OffsetOutOfRange.code())
                     .with_snapshot_id(
@@ -415,11 +496,10 @@ impl ControllerService {
             return FetchSnapshotResponse::default()
                 .with_error_code(ResponseError::InvalidRequest.code());
         };
-        let cached = self
-            .snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let cached = u64::try_from(p.snapshot_id.end_offset - 1)
+            .ok()
+            .and_then(|offset| self.snapshots().get(offset))
+            .map(|bytes| (p.snapshot_id.end_offset as u64 - 1, bytes));
         let mut partition = fetch_snapshot_response::PartitionSnapshot::default()
             .with_index(0)
             .with_snapshot_id(
@@ -427,7 +507,7 @@ impl ControllerService {
                     .with_end_offset(p.snapshot_id.end_offset)
                     .with_epoch(p.snapshot_id.epoch),
             );
-        match cached.filter(|(offset, _)| *offset as i64 + 1 == p.snapshot_id.end_offset) {
+        match cached {
             Some((_, bytes)) if p.position >= 0 && p.position as usize <= bytes.len() => {
                 let start = p.position as usize;
                 let end = (start + r.max_bytes.max(1) as usize).min(bytes.len());

@@ -18,6 +18,11 @@ pub struct FollowerState {
     /// When the previous fetch arrived, and the leader's log end then.
     pub last_fetch_ms: i64,
     pub last_fetch_leader_end: i64,
+    /// The broker epoch of the follower's registration when it fetched
+    /// (-1: unknown). An ISR expansion names it (KIP-903), so the controller
+    /// can refuse one based on fetches of an incarnation that has since
+    /// restarted and may have lost what it fetched.
+    pub broker_epoch: i64,
 }
 
 impl FollowerState {
@@ -38,12 +43,14 @@ impl FollowerState {
                 last_caught_up_ms,
                 last_fetch_ms: now_ms,
                 last_fetch_leader_end: leader_end,
+                broker_epoch: p.broker_epoch,
             },
             _ => FollowerState {
                 log_end_offset: UNKNOWN_OFFSET,
                 last_caught_up_ms,
                 last_fetch_ms: 0,
                 last_fetch_leader_end: UNKNOWN_OFFSET,
+                broker_epoch: -1,
             },
         }
     }
@@ -65,6 +72,19 @@ impl FollowerState {
             last_caught_up_ms,
             last_fetch_ms: now_ms,
             last_fetch_leader_end: leader_end,
+            broker_epoch: self.broker_epoch,
+        }
+    }
+
+    /// The same state, its position now vouched for by the registration at
+    /// `broker_epoch`. A follower's fetch (version 12) carries no epoch;
+    /// the leader takes the one its image names for the follower, which is
+    /// the fetching incarnation's: a broker registers again only once its
+    /// previous incarnation is gone.
+    pub fn under_epoch(self, broker_epoch: i64) -> FollowerState {
+        FollowerState {
+            broker_epoch,
+            ..self
         }
     }
 
@@ -139,6 +159,27 @@ pub fn out_of_sync_replicas(
         .collect()
 }
 
+/// Each member of `new_isr` with the broker epoch its place rests on (the
+/// leader's own for itself, -1 when unknown), for AlterPartition (KIP-903).
+pub fn isr_with_epochs(
+    leader_id: i32,
+    leader_broker_epoch: i64,
+    new_isr: &[i32],
+    followers: &HashMap<i32, FollowerState>,
+) -> Vec<(i32, i64)> {
+    new_isr
+        .iter()
+        .map(|&id| {
+            let epoch = if id == leader_id {
+                leader_broker_epoch
+            } else {
+                followers.get(&id).map_or(-1, |f| f.broker_epoch)
+            };
+            (id, epoch)
+        })
+        .collect()
+}
+
 /// Whether a follower outside the ISR may join it: it holds everything
 /// committed and everything the current leader epoch wrote before it.
 /// Kafka's `isFollowerInSync`.
@@ -156,6 +197,7 @@ mod tests {
             last_caught_up_ms: caught_up,
             last_fetch_ms: caught_up,
             last_fetch_leader_end: leo,
+            broker_epoch: -1,
         }
     }
 
@@ -243,6 +285,21 @@ mod tests {
         assert_eq!(out, vec![3, 4]);
         // The leader never removes itself.
         assert!(out_of_sync_replicas(1, &[1], &followers, 10, 99_000, 30_000).is_empty());
+    }
+
+    #[test]
+    fn an_isr_change_names_the_epoch_each_member_fetched_under() {
+        let mut followers = HashMap::new();
+        let fetched = FollowerState::on_leadership(None, false, true, 10, 0)
+            .after_fetch(10, 10, 5)
+            .under_epoch(42);
+        followers.insert(2, fetched);
+        // A later fetch keeps the epoch unless told another.
+        assert_eq!(fetched.after_fetch(11, 11, 6).broker_epoch, 42);
+        assert_eq!(
+            isr_with_epochs(1, 7, &[1, 2, 3], &followers),
+            vec![(1, 7), (2, 42), (3, -1)]
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod lifecycle;
 pub mod memory;
 #[cfg(test)]
 mod memory_tests;
+#[cfg(test)]
+mod metadata_follow_tests;
 pub mod replica;
 #[cfg(test)]
 mod replication_tests;

@@ -178,6 +178,7 @@ impl BrokerLifecycle {
     pub fn spawn_heartbeats(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
         let this = self.clone();
         tokio::spawn(async move {
+            let mut fenced = false;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(this.interval) => {}
@@ -192,11 +193,25 @@ impl BrokerLifecycle {
                     .await
                 {
                     Ok(HeartbeatReply {
-                        is_fenced: true, ..
+                        is_fenced: true,
+                        is_caught_up,
+                        ..
                     }) => {
+                        if !fenced && !is_caught_up {
+                            warn!(
+                                metadata_offset = this.image.borrow().offset,
+                                "the controller fenced this broker: its metadata is behind the log"
+                            );
+                        }
+                        fenced = true;
                         debug!("broker is fenced; heartbeating to be unfenced");
                     }
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if fenced {
+                            info!("broker unfenced");
+                        }
+                        fenced = false;
+                    }
                     Err(ControllerError::StaleBrokerEpoch { .. }) => {
                         warn!("the controller fenced this broker's session; registering again");
                         if let Err(e) = this.register(this.interval * 5).await {

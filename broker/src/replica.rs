@@ -307,9 +307,16 @@ impl ReplicaManager {
             state.followers.get(&replica).copied().unwrap_or_else(|| {
                 FollowerState::on_leadership(None, false, true, leader_end, now_ms)
             });
+        let broker_epoch = self
+            .image()
+            .brokers
+            .get(&replica)
+            .map_or(-1, |b| b.broker_epoch);
         state.followers.insert(
             replica,
-            previous.after_fetch(fetch_offset, leader_end, now_ms),
+            previous
+                .after_fetch(fetch_offset, leader_end, now_ms)
+                .under_epoch(broker_epoch),
         );
         let moved = self.update_high_watermark(state);
         let expand = self.maybe_expand_isr(partition, state, replica, fetch_offset, now_ms);
@@ -367,6 +374,12 @@ impl ReplicaManager {
             partition: partition.index,
             leader_epoch: state.leader_epoch,
             partition_epoch: state.partition_epoch,
+            broker_epochs: isr::isr_with_epochs(
+                self.node_id,
+                self.broker_epoch(),
+                &new_isr,
+                &state.followers,
+            ),
             new_isr,
         }
     }

@@ -64,6 +64,19 @@ pub(crate) struct TestController {
     calls: Mutex<Vec<(i32, i64, IsrChange)>>,
 }
 
+impl TestController {
+    /// One with an empty log, for tests that need a controller but ask nothing of it.
+    pub(crate) fn idle() -> Self {
+        Self {
+            cluster: Arc::new(Mutex::new(Cluster {
+                loaders: Vec::new(),
+                offset: 0,
+            })),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 fn refuse<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, ControllerError>> {
     Box::pin(async { Err(ControllerError::Internal("not in this test".into())) })
 }
@@ -516,7 +529,11 @@ async fn follower_replicates_and_truncates_after_a_leader_change() {
         .lock()
         .unwrap()
         .iter()
-        .any(|(broker, epoch, c)| *broker == 2 && *epoch == 12 && c.new_isr == vec![2, 1]));
+        .any(|(broker, epoch, c)| *broker == 2
+            && *epoch == 12
+            && c.new_isr == vec![2, 1]
+            // Node 1 is added on the strength of fetches of its registration (KIP-903).
+            && c.broker_epochs == vec![(2, 12), (1, 11)]));
     assert_eq!(produce(leader.address, -1, "e").await, (0, 5));
 
     // The follower stops fetching and falls behind: after

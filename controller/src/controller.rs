@@ -11,7 +11,7 @@ use sluice_metadata::controller_api::{
     BoxFuture, BrokerHeartbeat, BrokerRegistrationRequest, ConfigChange, ControllerApi,
     ControllerError, CreatedTopic, GroupWrite, GroupWriteOutcome, GroupWriter, HeartbeatReply,
     IsrChange, MetadataLogSource, NewPartitions, NewTopic, PartitionState, QuorumDescription,
-    ReplicaProgress, TopicRef,
+    QuorumLeader, ReplicaProgress, TopicRef,
 };
 use sluice_metadata::{
     encode_batch, ConfigResource, MetadataDelta, MetadataImage, MetadataLoader, MetadataRecord,
@@ -129,6 +129,22 @@ struct Sessions {
     deadlines: HashMap<i32, (i64, Instant)>,
     /// Metadata offsets brokers reported in their last heartbeat.
     offsets: HashMap<i32, u64>,
+    /// Brokers whose metadata is behind this controller's: the offset each
+    /// must reach (this controller's log end when it was seen behind), and
+    /// since when.
+    behind: HashMap<i32, (u64, Instant)>,
+}
+
+impl Sessions {
+    /// Starts afresh in a new term: what an earlier term saw is stale.
+    fn for_term(&mut self, term: u64) -> &mut Self {
+        if self.term != term {
+            self.term = term;
+            self.deadlines.clear();
+            self.behind.clear();
+        }
+        self
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -514,11 +530,8 @@ impl Controller {
         let image = self.image();
         let now = Instant::now();
         let timeout = self.config.broker_session_timeout;
-        let mut sessions = lock(&self.sessions);
-        if sessions.term != term {
-            sessions.term = term;
-            sessions.deadlines.clear();
-        }
+        let mut guard = lock(&self.sessions);
+        let sessions = guard.for_term(term);
         let mut expired = Vec::new();
         for b in image.brokers.values().filter(|b| !b.fenced) {
             let entry = sessions
@@ -544,8 +557,31 @@ impl Controller {
         sessions.offsets.insert(broker_id, metadata_offset);
     }
 
+    /// Notes how far a broker's metadata has got against this controller's
+    /// log end `log_end`. True when it has not reached, within its session
+    /// timeout, an offset this controller had already committed: it follows
+    /// a stale source or cannot keep up, and serves from a view the
+    /// cluster has moved past (Kafka fences such a broker too).
+    fn lags_behind(&self, term: u64, broker_id: i32, reported: u64, log_end: u64) -> bool {
+        let now = Instant::now();
+        let mut guard = lock(&self.sessions);
+        let sessions = guard.for_term(term);
+        if let Some(&(target, _)) = sessions.behind.get(&broker_id) {
+            if reported >= target {
+                sessions.behind.remove(&broker_id);
+            }
+        }
+        if reported < log_end {
+            sessions.behind.entry(broker_id).or_insert((log_end, now));
+        }
+        sessions.behind.get(&broker_id).is_some_and(|(_, since)| {
+            now.duration_since(*since) > self.config.broker_session_timeout
+        })
+    }
+
     async fn heartbeat(&self, hb: BrokerHeartbeat) -> Result<HeartbeatReply, ControllerError> {
         self.ensure_active().await?;
+        let term = self.quorum.status().term;
         let image = self.image();
         let registered = image
             .brokers
@@ -556,8 +592,9 @@ impl Controller {
                 broker_epoch: hb.broker_epoch,
             })?;
         self.touch_session(hb.broker_id, hb.broker_epoch, hb.metadata_offset);
+        let lagging = self.lags_behind(term, hb.broker_id, hb.metadata_offset, image.offset);
         // A registration's epoch is at most the offset it committed at.
-        let is_caught_up = hb.metadata_offset >= registered.broker_epoch as u64;
+        let is_caught_up = hb.metadata_offset >= registered.broker_epoch as u64 && !lagging;
         let unclean = self.config.unclean_leader_election;
         if hb.want_shutdown {
             // Leaderships move (or lapse) in one commit; then the broker is
@@ -580,6 +617,20 @@ impl Controller {
             });
         }
         let mut is_fenced = registered.fenced;
+        if !is_fenced && lagging {
+            warn!(
+                broker_id = hb.broker_id,
+                metadata_offset = hb.metadata_offset,
+                log_end = image.offset,
+                "broker's metadata has been behind for longer than its session; fencing it"
+            );
+            let (broker_id, epoch) = (hb.broker_id, hb.broker_epoch);
+            self.run(false, move |image| {
+                lifecycle::fence_broker(image, broker_id, epoch, unclean)
+            })
+            .await?;
+            is_fenced = true;
+        }
         if is_fenced && !hb.want_fence && is_caught_up {
             let broker_id = hb.broker_id;
             self.run(false, move |image| {
@@ -718,6 +769,15 @@ impl MetadataLogSource for Controller {
         let mut image = self.image.clone();
         Box::pin(async move {
             let _ = tokio::time::timeout(max_wait, image.wait_for(|i| i.offset > offset)).await;
+        })
+    }
+
+    fn quorum_leader(&self) -> Option<QuorumLeader> {
+        let status = self.quorum.status();
+        let leader_id = status.leader_id.filter(|_| status.running)?;
+        Some(QuorumLeader {
+            leader_id: leader_id as i32,
+            term: status.term as i32,
         })
     }
 }

@@ -14,7 +14,7 @@ use sluice_metadata::controller_api::{
     ControllerError, GroupWrite, GroupWriteOutcome, GroupWriter,
 };
 use sluice_metadata::{
-    GroupImage, MetadataImage, MetadataRecord, OffsetCommitRecord, RemoveGroupRecord,
+    GroupImage, GroupRecord, MetadataImage, MetadataRecord, OffsetCommitRecord, RemoveGroupRecord,
     RemoveOffsetsRecord, TopicOffsets,
 };
 
@@ -100,6 +100,39 @@ fn plan(
                 })]
             };
             Ok((records, unknown))
+        }
+        GroupWrite::RebalanceStarted {
+            generation, at_ms, ..
+        } => {
+            let current = group.map_or(0, |g| g.generation());
+            if current != generation {
+                return Err(ControllerError::IllegalGeneration(format!(
+                    "group {group_id} is no longer at generation {generation}"
+                )));
+            }
+            // Only an empty group's offsets are at risk; a group that was
+            // never stored has none.
+            let Some(group) = group.filter(|g| g.has_no_members()) else {
+                return Ok((Vec::new(), Vec::new()));
+            };
+            let record = match &group.membership {
+                Some(m) => GroupRecord {
+                    state_timestamp: at_ms.max(m.state_timestamp),
+                    ..(**m).clone()
+                },
+                // Offsets committed outside group management: the group
+                // gets an empty generation 0 to carry the time.
+                None => GroupRecord {
+                    group_id: group_id.clone(),
+                    generation: 0,
+                    protocol_type: None,
+                    protocol_name: None,
+                    leader: None,
+                    state_timestamp: at_ms,
+                    members: Vec::new(),
+                },
+            };
+            Ok((vec![MetadataRecord::Group(record)], Vec::new()))
         }
         GroupWrite::DeleteGroup { .. } => {
             let group = group.ok_or_else(|| {
@@ -458,6 +491,97 @@ mod tests {
         let (image, r) = write(&image, writer, delete, 0);
         r.unwrap();
         assert!(!image.groups.contains_key("g"));
+    }
+
+    /// A group that rebalances again just before its offsets expire: the
+    /// coordinator forms the generation in memory, the controller's expiry
+    /// sees only the committed, empty group.
+    #[test]
+    fn a_rebalance_that_begins_before_expiry_keeps_the_groups_offsets() {
+        let retention = Duration::from_secs(600);
+        let grace = Duration::from_secs(60);
+        let image = cluster();
+        let writer = writer_for(&image, "g");
+        let (image, _) = write(
+            &image,
+            writer,
+            GroupWrite::Membership {
+                expected_generation: 0,
+                group: generation("g", 1, &["a"], 0),
+            },
+            0,
+        );
+        let commit = GroupWrite::CommitOffsets {
+            group_id: "g".into(),
+            generation: 1,
+            member_id: "a".into(),
+            offsets: offsets(&[(0, 7)]),
+        };
+        let (image, r) = write(&image, writer, commit, 0);
+        r.unwrap();
+        // Every member leaves at 1 minute: the group is empty from then on.
+        let (image, r) = write(
+            &image,
+            writer,
+            GroupWrite::Membership {
+                expected_generation: 1,
+                group: generation("g", 2, &[], MINUTE),
+            },
+            MINUTE,
+        );
+        r.unwrap();
+
+        // A consumer joins at 10 minutes, just before the offsets would
+        // expire; the coordinator says the group is rebalancing.
+        let rebalance = GroupWrite::RebalanceStarted {
+            group_id: "g".into(),
+            generation: 2,
+            at_ms: 10 * MINUTE,
+        };
+        let (image, r) = write(&image, writer, rebalance.clone(), 10 * MINUTE);
+        r.unwrap();
+        // Expiry runs while the generation forms: it takes nothing.
+        let op = expire_groups(&image, 11 * MINUTE + 1, retention, grace);
+        assert_eq!(op.results, (0, 0), "{:?}", op.records);
+        let image = apply(&image, &op.records);
+        // The generation commits on top of the one it started from, and the
+        // consumer finds its offset.
+        let (image, r) = write(
+            &image,
+            writer,
+            GroupWrite::Membership {
+                expected_generation: 2,
+                group: generation("g", 3, &["b"], 11 * MINUTE),
+            },
+            11 * MINUTE,
+        );
+        r.unwrap();
+        assert_eq!(image.groups["g"].offset("t", 0).unwrap().offset, 7);
+
+        // Had expiry come first, the rebalance is told the group is gone,
+        // and starts a new one rather than building on what was removed.
+        let (expired, _) = write(
+            &image,
+            writer,
+            GroupWrite::Membership {
+                expected_generation: 3,
+                group: generation("g", 4, &[], 12 * MINUTE),
+            },
+            12 * MINUTE,
+        );
+        let op = expire_groups(&expired, 23 * MINUTE, retention, grace);
+        assert_eq!(op.results, (1, 1));
+        let expired = apply(&expired, &op.records);
+        let late = GroupWrite::RebalanceStarted {
+            group_id: "g".into(),
+            generation: 4,
+            at_ms: 23 * MINUTE,
+        };
+        let (_, r) = write(&expired, writer, late, 23 * MINUTE);
+        assert!(
+            matches!(r, Err(ControllerError::IllegalGeneration(_))),
+            "{r:?}"
+        );
     }
 
     #[test]

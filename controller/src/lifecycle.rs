@@ -321,6 +321,23 @@ fn plan_isr_change(
             "Replica {r} is not a live replica of the partition"
         )));
     }
+    // KIP-903: the leader adds a replica for what it fetched under one
+    // registration. If that broker has registered again since (it
+    // restarted, and may have lost an unflushed tail), those fetches vouch
+    // for nothing.
+    let restarted = change.broker_epochs.iter().find(|&&(r, epoch)| {
+        epoch >= 0
+            && !p.isr.contains(&r)
+            && image
+                .brokers
+                .get(&r)
+                .is_some_and(|b| b.broker_epoch != epoch)
+    });
+    if let Some((r, epoch)) = restarted {
+        return Err(ControllerError::IneligibleReplica(format!(
+            "Replica {r} was in sync under broker epoch {epoch}, which is not its current registration"
+        )));
+    }
     let mut next = p.clone();
     let mut isr = change.new_isr.clone();
     isr.sort_unstable();
@@ -484,6 +501,7 @@ mod tests {
             leader_epoch,
             partition_epoch,
             new_isr: isr,
+            broker_epochs: Vec::new(),
         };
         let op = alter_partition(&image, 1, epoch, vec![change(vec![1, 2], 0, 0)]);
         let state = op.results[0].clone().unwrap();
@@ -530,6 +548,52 @@ mod tests {
     }
 
     #[test]
+    fn an_expansion_for_a_broker_that_registered_again_is_refused() {
+        let (image, id) = cluster();
+        let epoch = image.brokers[&1].broker_epoch;
+        // Broker 3 leaves the ISR, then restarts: a new registration.
+        let shrink = IsrChange {
+            topic_id: id,
+            partition: 0,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            new_isr: vec![1, 2],
+            broker_epochs: Vec::new(),
+        };
+        let image = apply(
+            &image,
+            &alter_partition(&image, 1, epoch, vec![shrink]).records,
+        );
+        let old_epoch = image.brokers[&3].broker_epoch;
+        let image = apply(
+            &image,
+            &register_broker(&image, registration(3), false).records,
+        );
+        let image = apply(&image, &unfence_broker(&image, 3, false).records);
+        let new_epoch = image.brokers[&3].broker_epoch;
+        assert_ne!(old_epoch, new_epoch);
+        let expand = |broker_3_epoch: i64| IsrChange {
+            topic_id: id,
+            partition: 0,
+            leader_epoch: 0,
+            partition_epoch: 1,
+            new_isr: vec![1, 2, 3],
+            broker_epochs: vec![(1, epoch), (2, -1), (3, broker_3_epoch)],
+        };
+        // The leader saw broker 3 in sync before its restart.
+        let op = alter_partition(&image, 1, epoch, vec![expand(old_epoch)]);
+        assert!(
+            matches!(op.results[0], Err(ControllerError::IneligibleReplica(_))),
+            "{:?}",
+            op.results[0]
+        );
+        assert!(op.records.is_empty());
+        // Fetches of the current registration do count.
+        let op = alter_partition(&image, 1, epoch, vec![expand(new_epoch)]);
+        assert_eq!(op.results[0].clone().unwrap().isr, vec![1, 2, 3]);
+    }
+
+    #[test]
     fn preferred_leaders_return_after_a_broker_comes_back() {
         let (image, id) = cluster();
         let epoch = image.brokers[&1].broker_epoch;
@@ -551,6 +615,7 @@ mod tests {
                 leader_epoch: p0.leader_epoch,
                 partition_epoch: p0.partition_epoch,
                 new_isr: vec![1, 2, 3],
+                broker_epochs: Vec::new(),
             }],
         );
         let image = apply(&image, &op.records);

@@ -205,7 +205,15 @@ impl QuorumHandle {
     }
 
     pub fn status(&self) -> QuorumStatus {
-        self.status.borrow().clone()
+        let mut status = self.status.borrow().clone();
+        // A loop that died without saying so (a panic) dropped the sender:
+        // its last status is stale.
+        if self.status.has_changed().is_err() {
+            status.running = false;
+            status.is_leader = false;
+            status.leader_id = None;
+        }
+        status
     }
 
     pub fn subscribe_status(&self) -> watch::Receiver<QuorumStatus> {

@@ -156,6 +156,12 @@ pub struct IsrChange {
     /// The partition epoch the sender's view is based on.
     pub partition_epoch: i32,
     pub new_isr: Vec<i32>,
+    /// Members of `new_isr` with the broker epoch of the registration whose
+    /// fetches showed them in sync (KIP-903; AlterPartition v3's
+    /// `NewIsrWithEpochs`). The controller refuses to add a replica whose
+    /// broker has registered again since: it may have lost what it had
+    /// fetched. A member not listed, or at -1, is not checked.
+    pub broker_epochs: Vec<(i32, i64)>,
 }
 
 /// A partition's state after a committed ISR change.
@@ -201,6 +207,17 @@ pub enum GroupWrite {
         member_id: String,
         offsets: Vec<TopicOffsets>,
     },
+    /// A rebalance began in a group whose committed `generation` has no
+    /// members: the group is in use again, so its offsets' retention counts
+    /// from `at_ms` (Kafka expires nothing of a group that is rebalancing;
+    /// expiry runs on the controller, which sees only committed state).
+    /// Refused when the group is no longer at `generation` (it was expired
+    /// or deleted meanwhile): the rebalance then starts a new group.
+    RebalanceStarted {
+        group_id: String,
+        generation: i32,
+        at_ms: i64,
+    },
     /// Removes an empty group and all its offsets.
     DeleteGroup { group_id: String },
     DeleteOffsets {
@@ -214,6 +231,7 @@ impl GroupWrite {
         match self {
             GroupWrite::Membership { group, .. } => &group.group_id,
             GroupWrite::CommitOffsets { group_id, .. }
+            | GroupWrite::RebalanceStarted { group_id, .. }
             | GroupWrite::DeleteGroup { group_id }
             | GroupWrite::DeleteOffsets { group_id, .. } => group_id,
         }
@@ -275,6 +293,19 @@ pub trait MetadataLogSource: Send + Sync {
     fn snapshot(&self) -> (u64, Vec<u8>);
     /// Resolves when an entry after `offset` has been applied, or after `max_wait`.
     fn wait_beyond(&self, offset: u64, max_wait: std::time::Duration) -> BoxFuture<'_, ()>;
+    /// The quorum's leader as this node knows it, with its term, or `None`
+    /// when it knows none (an election is on, it is cut off from the other
+    /// voters, or its quorum loop has stopped): its log may then be frozen,
+    /// and a follower of the log should go to the leader (as KRaft's
+    /// observers do).
+    fn quorum_leader(&self) -> Option<QuorumLeader>;
+}
+
+/// A quorum leader and its term (Kafka's leader id and epoch of the metadata log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuorumLeader {
+    pub leader_id: i32,
+    pub term: i32,
 }
 
 /// One voter's or observer's replication state, for DescribeQuorum.

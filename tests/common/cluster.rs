@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::{describe_quorum_request, DescribeQuorumRequest};
+use kafka_protocol::protocol::StrBytes;
+use sluice_broker::KafkaClient;
+
 use super::netns::Network;
 use super::{free_port, BIN};
 
@@ -303,5 +307,65 @@ impl Cluster {
             .chain(self.brokers.iter())
             .map(|n| format!("===== node {} ({})\n{}", n.id, n.role, n.log()))
             .collect()
+    }
+}
+
+/// The metadata quorum as its leader describes it (DescribeQuorum).
+pub struct QuorumView {
+    pub leader: i32,
+    pub epoch: i32,
+    pub high_watermark: i64,
+    /// (voter, log end offset)
+    pub voters: Vec<(i32, i64)>,
+}
+
+/// The quorum as its leader describes it, asking each running controller in turn.
+pub async fn describe_quorum(cluster: &mut Cluster) -> Option<QuorumView> {
+    for node in cluster.controllers.iter_mut() {
+        if !node.is_running() {
+            continue;
+        }
+        let Ok(mut client) = KafkaClient::connect(&node.address(), "test").await else {
+            continue;
+        };
+        let request = DescribeQuorumRequest::default().with_topics(vec![
+            describe_quorum_request::TopicData::default()
+                .with_topic_name(StrBytes::from_static_str("__cluster_metadata").into())
+                .with_partitions(vec![describe_quorum_request::PartitionData::default()]),
+        ]);
+        let Ok(r) = client.send(request).await else {
+            continue;
+        };
+        if r.error_code != 0 {
+            continue;
+        }
+        let p = r.topics.first()?.partitions.first()?;
+        return Some(QuorumView {
+            leader: p.leader_id.0,
+            epoch: p.leader_epoch,
+            high_watermark: p.high_watermark,
+            voters: p
+                .current_voters
+                .iter()
+                .map(|v| (v.replica_id.0, v.log_end_offset))
+                .collect(),
+        });
+    }
+    None
+}
+
+/// Waits until the quorum has a leader.
+pub async fn wait_for_quorum(cluster: &mut Cluster, limit: Duration) -> QuorumView {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(q) = describe_quorum(cluster).await {
+            return q;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no quorum leader:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -4,11 +4,19 @@
 //! it up. Needs root and iproute2.
 
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+/// Networks are named and addressed after the process id, and a cluster
+/// per test is all two cores take: tests of one binary that use a network
+/// run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 pub struct Network {
     tag: String,
     subnet: String,
     hosts: usize,
+    /// Held until the network is gone (dropped after `drop` removes it).
+    _turn: MutexGuard<'static, ()>,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -53,10 +61,14 @@ impl Network {
         let pid = std::process::id();
         let tag = format!("{}", pid % 100_000);
         let subnet = format!("10.200.{}", pid % 250 + 1);
+        // A test that failed while holding the turn poisons it; the
+        // network it left was removed all the same.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let net = Network {
             tag,
             subnet,
             hosts: 0,
+            _turn: turn,
         };
         let bridge = net.bridge();
         let _ = ip(&["link", "del", &bridge]);
@@ -99,6 +111,18 @@ impl Network {
         Ok(net)
     }
 
+    /// [`Network::new`] for a test that needs it: where namespaces cannot
+    /// be made (not root, no iproute2 or iptables) the test fails with the
+    /// reason. It never passes without having run.
+    pub fn for_test(hosts: usize) -> Self {
+        Self::new(hosts).unwrap_or_else(|e| {
+            panic!(
+                "this test runs nodes in Linux network namespaces, which needs root, \
+                 iproute2 and iptables (CI runs it as root); it cannot run here: {e}"
+            )
+        })
+    }
+
     fn bridge(&self) -> String {
         format!("slb{}", self.tag)
     }
@@ -123,6 +147,57 @@ impl Network {
 
     pub fn heal(&self, host: usize) {
         ip(&["link", "set", &self.veth(host), "up"]).expect("reconnecting a host");
+    }
+}
+
+impl Network {
+    /// Drops all traffic between hosts `a` and `b`; each still reaches
+    /// every other host and the test (a partial partition).
+    pub fn cut_between(&self, a: usize, b: usize) {
+        self.filter(a, b, "-I").expect("cutting two hosts apart");
+    }
+
+    pub fn heal_between(&self, a: usize, b: usize) {
+        self.filter(a, b, "-D").expect("reconnecting two hosts");
+    }
+
+    /// Inserts (`-I`) or deletes (`-D`), in host `a`'s namespace, the rules
+    /// dropping what it exchanges with host `b`.
+    fn filter(&self, a: usize, b: usize, action: &str) -> Result<(), String> {
+        let peer = self.address(b);
+        for (chain, side) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.namespace(a), "iptables", action])
+                .args([chain, side, &peer, "-j", "DROP"])
+                .output()
+                .map_err(|e| format!("running iptables: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "iptables {action} {chain} in host {a}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The hosts host `from` has an established TCP connection to, on `port`.
+    pub fn connected_hosts(&self, from: usize, port: u16) -> Vec<usize> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.namespace(from), "ss", "-Htn"])
+            .arg(format!("dport = :{port}"))
+            .output()
+            .expect("running ss");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut hosts: Vec<usize> = (0..self.hosts)
+            .filter(|&h| {
+                let peer = format!("{}:{port}", self.address(h));
+                text.lines()
+                    .any(|line| line.starts_with("ESTAB") && line.contains(&peer))
+            })
+            .collect();
+        hosts.dedup();
+        hosts
     }
 }
 

@@ -332,6 +332,37 @@ impl GroupCoordinator {
         Ok(())
     }
 
+    /// Tells the controller that a rebalance began in a group whose
+    /// committed `generation` is empty, so that expiry (which sees only
+    /// committed state) leaves the group's offsets to the generation being
+    /// formed. Nothing when a newer generation has committed meanwhile.
+    async fn note_rebalance(
+        &self,
+        handle: &GroupHandle,
+        group_id: &str,
+        generation: i32,
+    ) -> Result<(), ControllerError> {
+        let _turn = handle.write_turn.lock().await;
+        {
+            let group = handle.lock();
+            if group.state == GroupState::Dead {
+                return Err(ControllerError::NotCoordinator(
+                    "the group was unloaded".into(),
+                ));
+            }
+            if group.committed_generation != generation {
+                return Ok(());
+            }
+        }
+        self.write(GroupWrite::RebalanceStarted {
+            group_id: group_id.to_string(),
+            generation,
+            at_ms: wall_clock_ms(),
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Commits a record that needs no answer (the group emptied).
     fn persist_later(self: &Arc<Self>, handle: Arc<GroupHandle>, record: GroupRecord) {
         let coordinator = self.clone();
@@ -392,19 +423,38 @@ impl GroupCoordinator {
             return JoinResult::error(e, &member_id);
         }
         let rules = self.rules();
+        let stored = self.current_image().groups.contains_key(group_id);
         let step = self.with_group(group_id, |handle, group| {
-            (
-                handle.clone(),
-                group.join(request.clone(), &rules, Instant::now(), wall_clock_ms()),
-            )
+            let was_empty = group.state == GroupState::Empty;
+            let generation = group.committed_generation;
+            let step = group.join(request.clone(), &rules, Instant::now(), wall_clock_ms());
+            // A group the log holds, empty, starts a rebalance.
+            let began = was_empty
+                && group.state == GroupState::PreparingRebalance
+                && (stored || generation > 0);
+            (handle.clone(), step, began.then_some(generation))
         });
         match step {
             Err(e) => JoinResult::error(e, &member_id),
-            Ok((_, JoinStep::Done(result))) => result,
-            Ok((_, JoinStep::Wait(rx))) => rx
-                .await
-                .unwrap_or_else(|_| JoinResult::error(ResponseError::NotCoordinator, &member_id)),
-            Ok((handle, JoinStep::Persist(record, answer))) => {
+            Ok((_, JoinStep::Done(result), _)) => result,
+            Ok((handle, JoinStep::Wait(rx), began)) => {
+                if let Some(generation) = began {
+                    if let Err(e) = self.note_rebalance(&handle, group_id, generation).await {
+                        let error = if lost_group(&e) {
+                            // The group is gone (expired, say): the client
+                            // finds the coordinator again and starts anew.
+                            ResponseError::NotCoordinator
+                        } else {
+                            write_error(&e)
+                        };
+                        return JoinResult::error(error, &member_id);
+                    }
+                }
+                rx.await.unwrap_or_else(|_| {
+                    JoinResult::error(ResponseError::NotCoordinator, &member_id)
+                })
+            }
+            Ok((handle, JoinStep::Persist(record, answer), _)) => {
                 match self.persist(&handle, record).await {
                     Ok(()) => answer,
                     Err(e) => JoinResult::error(write_error(&e), &member_id),
