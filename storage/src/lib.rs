@@ -14,6 +14,7 @@ pub mod producer_state;
 pub mod segment;
 
 pub use error::StorageError;
+pub use log::cleaner::{CleanOutput, CleanPlan, CleanStats};
 pub use log::{wall_clock_ms, AppendInfo, LogConfig, PartitionLog, ReadResult};
 
 #[cfg(feature = "raft-store")]

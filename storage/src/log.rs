@@ -72,7 +72,7 @@ fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
 }
 
 /// Per-partition log settings (Kafka topic configs of the same names).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll when the active segment would grow past this.
     pub segment_bytes: u64,
@@ -86,6 +86,22 @@ pub struct LogConfig {
     pub max_message_bytes: usize,
     /// `index.interval.bytes`: bytes of log between index entries.
     pub index_interval_bytes: usize,
+    /// `cleanup.policy` holds `delete`: `retention.ms`/`retention.bytes`
+    /// delete old segments.
+    pub cleanup_delete: bool,
+    /// `cleanup.policy` holds `compact`: the cleaner keeps the latest value
+    /// of each key (see [`crate::cleaner`]).
+    pub cleanup_compact: bool,
+    /// `delete.retention.ms`: how long a tombstone outlives its first clean.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: share of not yet cleaned bytes that
+    /// makes a log worth cleaning.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: records younger than this are not cleaned.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a log whose oldest uncleaned record is this
+    /// old is cleaned whatever its dirty ratio.
+    pub max_compaction_lag_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -98,6 +114,12 @@ impl Default for LogConfig {
             retention_bytes: -1,
             max_message_bytes: 1_048_588,
             index_interval_bytes: 4096,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            delete_retention_ms: 24 * 60 * 60 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
         }
     }
 }
@@ -141,6 +163,11 @@ pub struct PartitionLog {
     checkpointed: Option<(i64, i64)>,
     /// Log end offset covered by the producer snapshot on disk, if any.
     snapshot_offset: Option<i64>,
+    /// Where the clean part of a compacted log ends.
+    cleaner: cleaner::CleanerCheckpoint,
+    /// Bumped whenever segments are removed or cut (retention, truncation,
+    /// a clean's swap): a clean planned before then is not swapped in.
+    generation: u64,
 }
 
 struct Checkpoint {
@@ -179,6 +206,7 @@ impl PartitionLog {
     pub fn open(dir: &Path, mut config: LogConfig) -> Result<Self, StorageError> {
         config.segment_bytes = config.segment_bytes.min(i32::MAX as u64);
         std::fs::create_dir_all(dir)?;
+        cleaner::recover(dir)?;
         let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean = clean_marker.exists();
 
@@ -261,6 +289,8 @@ impl PartitionLog {
             producers: ProducerStateManager::new(),
             checkpointed: None,
             snapshot_offset,
+            cleaner: cleaner::read_checkpoint(dir),
+            generation: 0,
         };
 
         let mut epochs_changed = false;
@@ -453,6 +483,19 @@ impl PartitionLog {
                 size: h.size(),
                 max,
             });
+        }
+        if self.config.cleanup_compact {
+            // Kafka's LogValidator: a compacted topic needs a key to compact
+            // by. Compressed batches are not decoded here, so not checked.
+            if batches
+                .iter()
+                .any(|&(pos, h)| batch::has_keyless_record(&records[pos..pos + h.size()]))
+            {
+                return Err(StorageError::InvalidRecord(format!(
+                    "Compacted topic cannot accept message without key in topic partition {}",
+                    self.dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                )));
+            }
         }
         let max_timestamp = batches
             .iter()
@@ -817,6 +860,7 @@ impl PartitionLog {
                 seg.delete()?;
             }
         }
+        self.generation += 1;
         let removed = self.active_mut().truncate_to(offset)?;
         sync_dir(&self.dir)?;
         let log_end = self.log_end_offset();
@@ -830,6 +874,15 @@ impl PartitionLog {
         self.producers.clear();
         self.rebuild_producers_from(self.log_start_offset)?;
         self.write_checkpoint()?;
+        self.lower_first_dirty(log_end)
+    }
+
+    /// Data at or after `offset` is gone: whatever comes there next is dirty.
+    fn lower_first_dirty(&mut self, offset: i64) -> Result<(), StorageError> {
+        if self.cleaner.first_dirty > offset {
+            self.cleaner.first_dirty = offset;
+            cleaner::write_checkpoint(&self.dir, &self.cleaner)?;
+        }
         Ok(())
     }
 
@@ -864,6 +917,7 @@ impl PartitionLog {
             },
         };
         self.segments.push(fresh);
+        self.generation += 1;
         let mut first_err = None;
         for seg in old {
             if let Err(e) = seg.delete() {
@@ -882,7 +936,8 @@ impl PartitionLog {
         }
         self.discard_producer_snapshot()?;
         self.producers.clear();
-        self.write_checkpoint()
+        self.write_checkpoint()?;
+        self.lower_first_dirty(offset)
     }
 
     /// Moves the log start offset forward (DeleteRecords) and deletes the
@@ -904,6 +959,7 @@ impl PartitionLog {
             self.roll(log_end, wall_clock_ms())?;
         }
         let mut deleted = 0;
+        self.generation += 1;
         while self.segments.len() > 1 && self.segments[1].base_offset() <= offset {
             self.segments.remove(0).delete()?;
             deleted += 1;
@@ -930,6 +986,10 @@ impl PartitionLog {
     /// at or above the high watermark. Returns the number deleted.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
         let mut deleted = 0;
+        if !self.config.cleanup_delete {
+            // cleanup.policy=compact: only the cleaner removes data.
+            return Ok(0);
+        }
         if self.config.retention_ms >= 0 {
             while self.deletable_oldest() {
                 let seg = &self.segments[0];
@@ -958,6 +1018,7 @@ impl PartitionLog {
             }
         }
         if deleted > 0 {
+            self.generation += 1;
             let new_start = self.segments[0].base_offset();
             tracing::info!(
                 dir = %self.dir.display(),
@@ -1040,6 +1101,9 @@ impl PartitionLog {
     }
 }
 
+pub mod cleaner;
+#[cfg(test)]
+mod cleaner_tests;
 #[cfg(test)]
 mod corruption_tests;
 #[cfg(test)]
