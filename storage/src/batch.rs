@@ -541,7 +541,12 @@ pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
 
 /// Appends `record` to `out` as a record of a batch whose base timestamp
 /// is `base_timestamp`, keeping its absolute timestamp `timestamp`.
-pub fn encode_record(out: &mut Vec<u8>, record: &RecordView<'_>, timestamp: i64, base_timestamp: i64) {
+pub fn encode_record(
+    out: &mut Vec<u8>,
+    record: &RecordView<'_>,
+    timestamp: i64,
+    base_timestamp: i64,
+) {
     let mut delta = Vec::with_capacity(10);
     put_varint(&mut delta, timestamp.wrapping_sub(base_timestamp));
     let len = 1 + delta.len() + record.tail.len();

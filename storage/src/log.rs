@@ -493,7 +493,9 @@ impl PartitionLog {
             {
                 return Err(StorageError::InvalidRecord(format!(
                     "Compacted topic cannot accept message without key in topic partition {}",
-                    self.dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                    self.dir
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
                 )));
             }
         }

@@ -18,24 +18,28 @@
 //!    whether the log is due and notes the segments to read;
 //! 2. [`CleanPlan::run`] (no lock) reads those segment files through its own
 //!    descriptors, maps each key of the dirty part to its latest offset and
-//!    writes each group of segments, cleaned, to `<base>.log.cleaned`;
+//!    writes each group of segments, cleaned, as a whole segment (`.log` and
+//!    indexes, fsynced) in the `cleaner/` subdirectory;
 //! 3. [`PartitionLog::finish_clean`] (under the lock) checks that the log's
-//!    segments did not change meanwhile and swaps each cleaned file in:
+//!    segments did not change meanwhile and swaps each cleaned segment in,
+//!    with renames only:
 //!
 //! ```text
-//! <base>.log.cleaned   written and fsynced; open() deletes it (the segments
-//!                      it was to replace are intact)
-//! <base>.<end>.swap    renamed from .cleaned, directory fsynced: the commit
-//!                      point; open() finishes the swap from here
-//!                      then the old segments in [base, end) are removed,
-//!                      directory fsynced
-//! <base>.log           the swap file renamed over, directory fsynced
-//! cleaner-checkpoint   where the clean part ends (first dirty offset)
+//! cleaner/<base>.log     written and fsynced; open() deletes cleaner/ (the
+//!                        segments it was to replace are intact)
+//! <base>.<end>.swap      renamed from cleaner/, directory fsynced: the commit
+//!                        point; open() finishes the swap from here
+//!                        then the old segments in [base, end) are removed,
+//!                        directory fsynced
+//! <base>.log             the swap file renamed over, its indexes moved next
+//!                        to it, directory fsynced (missing indexes are
+//!                        rebuilt on open)
+//! cleaner-checkpoint     where the clean part ends (first dirty offset)
 //! ```
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::{remove_if_exists, sync_dir, write_atomic, PartitionLog};
@@ -44,8 +48,11 @@ use crate::segment::{parse_segment_file_name, segment_file, Segment};
 use crate::StorageError;
 
 const CHECKPOINT_FILE: &str = "cleaner-checkpoint";
-const CLEANED_SUFFIX: &str = ".log.cleaned";
+/// Subdirectory where cleaned segments are written before the swap.
+const WORK_DIR: &str = "cleaner";
 const SWAP_SUFFIX: &str = ".swap";
+/// Bytes of batches gathered before one write to the cleaned segment.
+const WRITE_CHUNK: usize = 1 << 20;
 /// Key bytes the offset map may hold in one pass (Kafka's
 /// `log.cleaner.dedupe.buffer.size`); a larger dirty part takes more passes.
 const MAX_MAP_BYTES: usize = 128 << 20;
@@ -73,7 +80,10 @@ pub(crate) fn read_checkpoint(dir: &Path) -> CleanerCheckpoint {
     let mut cp = CleanerCheckpoint::default();
     for line in lines {
         let mut parts = line.split_whitespace();
-        match (parts.next(), parts.next().and_then(|v| v.parse::<i64>().ok())) {
+        match (
+            parts.next(),
+            parts.next().and_then(|v| v.parse::<i64>().ok()),
+        ) {
             (Some("first_dirty_offset"), Some(v)) => cp.first_dirty = v,
             (Some("next_delete_horizon_ms"), Some(v)) => cp.next_horizon = (v >= 0).then_some(v),
             _ => {}
@@ -91,8 +101,22 @@ pub(crate) fn write_checkpoint(dir: &Path, cp: &CleanerCheckpoint) -> Result<(),
     write_atomic(&dir.join(CHECKPOINT_FILE), text.as_bytes())
 }
 
-fn cleaned_path(dir: &Path, base: i64) -> PathBuf {
-    dir.join(format!("{base:020}{CLEANED_SUFFIX}"))
+fn work_dir(dir: &Path) -> PathBuf {
+    dir.join(WORK_DIR)
+}
+
+/// Removes the work directory if it is empty (a clean is over).
+fn remove_work_dir(dir: &Path) {
+    let _ = std::fs::remove_dir(work_dir(dir));
+}
+
+/// Removes a cleaned segment's files from the work directory.
+fn remove_cleaned(dir: &Path, base: i64) -> Result<(), StorageError> {
+    let work = work_dir(dir);
+    for ext in ["log", "index", "timeindex"] {
+        remove_if_exists(&segment_file(&work, base, ext))?;
+    }
+    Ok(())
 }
 
 fn swap_path(dir: &Path, base: i64, end: i64) -> PathBuf {
@@ -136,31 +160,31 @@ mod crash {
 }
 
 /// Finishes or discards a clean that a crash interrupted, before the log's
-/// segments are listed: `.cleaned` files go, and each `.swap` file replaces
-/// the segments of its range.
+/// segments are listed: each `.swap` file replaces the segments of its
+/// range, and the work directory goes.
 pub(crate) fn recover(dir: &Path) -> Result<(), StorageError> {
     let mut swaps = Vec::new();
-    let mut changed = false;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.ends_with(CLEANED_SUFFIX) {
-            remove_if_exists(&entry.path())?;
-            changed = true;
-        } else if let Some(range) = parse_swap_name(name) {
+        if let Some(range) = name.to_str().and_then(parse_swap_name) {
             swaps.push(range);
         }
     }
     swaps.sort_unstable();
-    for (base, end) in swaps {
+    for &(base, end) in &swaps {
         tracing::warn!(dir = %dir.display(), base, end, "finishing a log clean interrupted by a crash");
         remove_segment_files(dir, base, end)?;
         sync_dir(dir)?;
         std::fs::rename(swap_path(dir, base, end), segment_file(dir, base, "log"))?;
-        changed = true;
     }
-    if changed {
+    let work = work_dir(dir);
+    let had_work = match std::fs::remove_dir_all(&work) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.into()),
+    };
+    if had_work || !swaps.is_empty() {
         sync_dir(dir)?;
     }
     Ok(())
@@ -204,6 +228,7 @@ pub struct CleanPlan {
     now_ms: i64,
     delete_retention_ms: i64,
     segment_bytes: u64,
+    index_interval_bytes: usize,
     /// Producer id -> last offset of its latest batch.
     producer_last: HashMap<i64, i64>,
     generation: u64,
@@ -227,7 +252,6 @@ struct CleanedGroup {
     end: i64,
     /// (base, size) of the segments replaced.
     sources: Vec<(i64, u64)>,
-    path: PathBuf,
 }
 
 /// What a pass did.
@@ -327,6 +351,7 @@ impl PartitionLog {
             now_ms,
             delete_retention_ms: config.delete_retention_ms,
             segment_bytes: config.segment_bytes,
+            index_interval_bytes: config.index_interval_bytes,
             producer_last: self.producers.last_offsets(),
             generation: self.generation,
         })
@@ -340,8 +365,9 @@ impl PartitionLog {
         if output.generation != self.generation {
             tracing::info!(dir = %self.dir.display(), "segments changed during the clean; dropping its output");
             for g in &groups {
-                remove_if_exists(&g.path)?;
+                remove_cleaned(&self.dir, g.base)?;
             }
+            remove_work_dir(&self.dir);
             return Ok(CleanStats::default());
         }
         self.generation += 1;
@@ -350,12 +376,13 @@ impl PartitionLog {
         while let Some(g) = groups.next() {
             if let Err(e) = self.swap_in(&g) {
                 for rest in groups {
-                    let _ = remove_if_exists(&rest.path);
+                    let _ = remove_cleaned(&self.dir, rest.base);
                 }
                 return Err(e);
             }
             swapped += g.sources.len();
         }
+        remove_work_dir(&self.dir);
         self.cleaner = CleanerCheckpoint {
             first_dirty: output.first_dirty,
             next_horizon: output.next_horizon,
@@ -378,11 +405,12 @@ impl PartitionLog {
                     .all(|(s, &(base, size))| s.base_offset() == base && s.size() == size)
         });
         let Some(i) = first.filter(|_| matches) else {
-            tracing::warn!(dir = %self.dir.display(), base = g.base, "segments to replace are gone; dropping the cleaned file");
-            return remove_if_exists(&g.path);
+            tracing::warn!(dir = %self.dir.display(), base = g.base, "segments to replace are gone; dropping the cleaned segment");
+            return remove_cleaned(&self.dir, g.base);
         };
+        let work = work_dir(&self.dir);
         let swap = swap_path(&self.dir, g.base, g.end);
-        std::fs::rename(&g.path, &swap)?;
+        std::fs::rename(segment_file(&work, g.base, "log"), &swap)?;
         sync_dir(&self.dir)?;
         crash::point(2)?;
         // The old segments keep their descriptors open until replaced in
@@ -391,6 +419,12 @@ impl PartitionLog {
         sync_dir(&self.dir)?;
         crash::point(3)?;
         std::fs::rename(&swap, segment_file(&self.dir, g.base, "log"))?;
+        for ext in ["index", "timeindex"] {
+            std::fs::rename(
+                segment_file(&work, g.base, ext),
+                segment_file(&self.dir, g.base, ext),
+            )?;
+        }
         sync_dir(&self.dir)?;
         crash::point(4)?;
         let seg = Segment::open(&self.dir, g.base, self.config.index_interval_bytes)?;
@@ -488,15 +522,12 @@ impl CleanPlan {
         let next_horizon = match result {
             Ok(h) => h,
             Err(e) => {
-                for g in &out_groups {
-                    let _ = remove_if_exists(&g.path);
-                }
+                // Nothing was swapped in: whatever was written goes.
+                out_groups.clear();
+                let _ = std::fs::remove_dir_all(work_dir(&self.dir));
                 return Err(e);
             }
         };
-        if !out_groups.is_empty() {
-            sync_dir(&self.dir)?;
-        }
         crash::point(1)?;
         Ok(CleanOutput {
             dir: self.dir,
@@ -508,11 +539,12 @@ impl CleanPlan {
         })
     }
 
-    /// Cleans `sources` in order into `.cleaned` files, one per group of
-    /// neighbouring segments; a group closes when the next segment's cleaned
-    /// data would take it past segment.bytes (that segment is then cleaned
-    /// again into the next group). Groups of one segment that did not change
-    /// are left out. Returns the earliest pending delete horizon.
+    /// Cleans `sources` in order into segments in the work directory, one
+    /// per group of neighbouring sources; a group closes when the next
+    /// source's cleaned data would take it past segment.bytes (that source
+    /// is then cut off again and cleaned into the next group). Groups of one
+    /// segment that did not change are left out. Returns the earliest
+    /// pending delete horizon.
     fn write_groups(
         &self,
         sources: &[&Source],
@@ -524,11 +556,11 @@ impl CleanPlan {
         struct Open {
             first: usize,
             count: usize,
-            path: PathBuf,
-            out: BufWriter<File>,
-            size: u64,
+            seg: Segment,
             changed: bool,
         }
+        let work = work_dir(&self.dir);
+        std::fs::create_dir_all(&work)?;
         let limit = self.segment_bytes.min(u64::from(u32::MAX));
         let next_base = |i: usize| sources.get(i + 1).map_or(clean_end, |s| s.base);
         let mut next_horizon: Option<i64> = None;
@@ -539,56 +571,58 @@ impl CleanPlan {
             // Relative offsets in the merged segment's indexes must fit.
             if let Some(o) = open.take() {
                 if next_base(i) - sources[o.first].base > i64::from(i32::MAX) {
-                    self.close_group(o.first, o.count, o.path, o.out, o.changed, sources, clean_end, out)?;
+                    self.close_group(o.first, o.count, o.seg, o.changed, sources, clean_end, out)?;
                 } else {
                     open = Some(o);
                 }
             }
             let o = match open.as_mut() {
                 Some(o) => o,
-                None => {
-                    let path = cleaned_path(&self.dir, src.base);
-                    let file = File::create(&path)?;
-                    open.insert(Open {
-                        first: i,
-                        count: 0,
-                        path: path.clone(),
-                        out: BufWriter::with_capacity(1 << 20, file),
-                        size: 0,
-                        changed: false,
-                    })
-                }
+                None => open.insert(Open {
+                    first: i,
+                    count: 0,
+                    seg: Segment::create(&work, src.base, self.index_interval_bytes, self.now_ms)?,
+                    changed: false,
+                }),
             };
             let mut src_stats = CleanStats::default();
             let mut src_horizon = None;
-            let before = o.size;
+            let before = o.seg.size();
             let mut changed = false;
+            let mut buf: Vec<u8> = Vec::new();
+            let mut headers: Vec<(usize, BatchHeader)> = Vec::new();
             for_each_batch(src, |h, bytes| {
                 let kept = self.clean_batch(h, bytes, map, &mut src_stats, &mut src_horizon);
+                changed |= !matches!(kept, Kept::Whole);
                 let written: &[u8] = match &kept {
                     Kept::Whole => bytes,
                     Kept::Rebuilt(b) => b,
-                    Kept::Dropped => &[],
+                    Kept::Dropped => return Ok(()),
                 };
-                changed |= !matches!(kept, Kept::Whole);
-                o.out.write_all(written)?;
-                o.size += written.len() as u64;
+                let header = BatchHeader::parse(written)?;
+                headers.push((buf.len(), header));
+                buf.extend_from_slice(written);
+                if buf.len() >= WRITE_CHUNK {
+                    o.seg.append(&buf, &headers, self.now_ms)?;
+                    buf.clear();
+                    headers.clear();
+                }
                 Ok(())
             })?;
-            if o.count > 0 && o.size > limit {
+            o.seg.append(&buf, &headers, self.now_ms)?;
+            if o.count > 0 && o.seg.size() > limit {
                 // Does not fit: cut it off again and start the next group
-                // with it.
-                o.out.flush()?;
-                o.out.get_ref().set_len(before)?;
+                // with it (its batches are the ones from its base on).
+                o.seg.truncate_to(src.base)?;
                 let Some(o) = open.take() else { break };
-                self.close_group(o.first, o.count, o.path, o.out, o.changed, sources, clean_end, out)?;
+                self.close_group(o.first, o.count, o.seg, o.changed, sources, clean_end, out)?;
                 continue;
             }
             o.count += 1;
             o.changed |= changed;
             src_stats.segments_read = 1;
             src_stats.bytes_read = src.size;
-            src_stats.bytes_written = o.size - before;
+            src_stats.bytes_written = o.seg.size() - before;
             stats.add(&src_stats);
             if let Some(h) = src_horizon {
                 next_horizon = Some(next_horizon.map_or(h, |n: i64| n.min(h)));
@@ -596,45 +630,45 @@ impl CleanPlan {
             i += 1;
         }
         if let Some(o) = open.take() {
-            self.close_group(o.first, o.count, o.path, o.out, o.changed, sources, clean_end, out)?;
+            self.close_group(o.first, o.count, o.seg, o.changed, sources, clean_end, out)?;
         }
         Ok(next_horizon)
     }
 
-    /// fsyncs a finished group's file and records it, or drops it if it is a
-    /// single segment that did not change.
+    /// fsyncs a finished group's segment and records it, or drops it if it
+    /// is a single segment that did not change.
     #[allow(clippy::too_many_arguments)]
     fn close_group(
         &self,
         first: usize,
         count: usize,
-        path: PathBuf,
-        out: BufWriter<File>,
+        mut seg: Segment,
         changed: bool,
         sources: &[&Source],
         clean_end: i64,
         groups: &mut Vec<CleanedGroup>,
     ) -> Result<(), StorageError> {
-        let file = out.into_inner().map_err(|e| StorageError::Io(e.into_error()))?;
         let group = &sources[first..first + count];
         if count == 0 || (count == 1 && !changed) {
-            drop(file);
-            return remove_if_exists(&path);
+            return seg.delete();
         }
-        file.sync_all()?;
+        seg.seal()?;
         // Retention by time falls back on the file's age: keep the sources'.
         let mtime = group.iter().map(|s| s.last_modified_ms).max().unwrap_or(0);
         if mtime > 0 {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(mtime as u64);
-            if let Err(e) = file.set_modified(t) {
-                tracing::debug!(path = %path.display(), error = %e, "cannot set the cleaned segment's mtime");
+            let r = File::options()
+                .write(true)
+                .open(seg.log_path())
+                .and_then(|f| f.set_modified(t));
+            if let Err(e) = r {
+                tracing::debug!(path = %seg.log_path().display(), error = %e, "cannot set the cleaned segment's mtime");
             }
         }
         groups.push(CleanedGroup {
             base: group[0].base,
             end: sources.get(first + count).map_or(clean_end, |s| s.base),
             sources: group.iter().map(|s| (s.base, s.size)).collect(),
-            path,
         });
         Ok(())
     }
@@ -740,9 +774,10 @@ impl Drop for CleanOutput {
     /// Output never swapped in leaves no file behind.
     fn drop(&mut self) {
         for g in &self.groups {
-            if let Err(e) = remove_if_exists(&g.path) {
+            if let Err(e) = remove_cleaned(&self.dir, g.base) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a cleaned file");
             }
         }
+        remove_work_dir(&self.dir);
     }
 }
