@@ -560,7 +560,11 @@ impl CleanPlan {
             changed: bool,
         }
         let work = work_dir(&self.dir);
-        std::fs::create_dir_all(&work)?;
+        // Not create_dir_all: a partition deleted meanwhile must stay gone.
+        match std::fs::create_dir(&work) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e.into()),
+            _ => {}
+        }
         let limit = self.segment_bytes.min(u64::from(u32::MAX));
         let next_base = |i: usize| sources.get(i + 1).map_or(clean_end, |s| s.base);
         let mut next_horizon: Option<i64> = None;

@@ -452,3 +452,14 @@ fn truncation_during_a_clean_drops_its_output() {
     assert_eq!(view(&log)["k1"].1.as_deref(), Some("new"));
     assert_eq!(view(&log)["k19"].0, 99);
 }
+
+#[test]
+fn a_clean_never_recreates_a_deleted_partition_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("t-0");
+    let (log, _) = overwritten_log(&part);
+    let plan = log.plan_clean(2000).unwrap();
+    log.delete().unwrap();
+    assert!(plan.run().is_err());
+    assert!(!part.exists());
+}
