@@ -35,6 +35,10 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// `log.retention.check.interval.ms`
     pub retention_check_interval: Duration,
+    /// `log.cleaner.enable`: run the log cleaner for compacted topics.
+    pub log_cleaner_enable: bool,
+    /// `log.cleaner.backoff.ms`: pause between cleaner passes.
+    pub log_cleaner_backoff: Duration,
     /// `replica.high.watermark.checkpoint.interval.ms`
     pub checkpoint_interval: Duration,
     /// `replica.lag.time.max.ms`: a follower that has not caught up for this
@@ -74,6 +78,8 @@ impl BrokerConfig {
             socket_request_max_bytes: 104_857_600,
             max_connections: 10_000,
             retention_check_interval: Duration::from_secs(300),
+            log_cleaner_enable: true,
+            log_cleaner_backoff: Duration::from_millis(15_000),
             checkpoint_interval: Duration::from_secs(5),
             replica_lag_time_max: Duration::from_millis(30_000),
             replica_fetch_wait_max: Duration::from_millis(500),
