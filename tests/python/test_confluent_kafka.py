@@ -153,6 +153,7 @@ IMPLEMENTED = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
 def test_unimplemented_topic_configs_are_refused_at_create_and_alter(server):
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
 
