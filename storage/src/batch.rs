@@ -790,6 +790,49 @@ mod tests {
     }
 
     #[test]
+    fn rebuilding_with_a_delete_horizon_keeps_offsets_timestamps_and_producer() {
+        let b = BatchBuilder::new(1000)
+            .producer(9, 2, 40)
+            .base_offset(100)
+            .record(1000, Some(b"a"), Some(b"1"))
+            .record(1007, Some(b"b"), None)
+            .record(1003, Some(b"c"), Some(b"3"))
+            .build();
+        let h = validate_batch(&b, Origin::Replica).unwrap();
+        let rs = records(&b).unwrap();
+        assert_eq!(rs.len(), 3);
+        assert_eq!((rs[1].key, rs[1].value), (Some(&b"b"[..]), None));
+        // Keep the last two, with the horizon as the base timestamp.
+        let horizon = 50_000;
+        let mut body = Vec::new();
+        for r in &rs[1..] {
+            encode_record(&mut body, r, h.base_timestamp + r.timestamp_delta, horizon);
+        }
+        let rebuilt = rebuild_batch(&h, horizon, 1007, true, 2, &body);
+        let r = validate_batch(&rebuilt, Origin::Replica).unwrap();
+        assert_eq!(
+            (r.base_offset, r.last_offset(), r.records_count),
+            (100, 102, 2)
+        );
+        assert_eq!(
+            (r.producer_id, r.producer_epoch, r.base_sequence),
+            (9, 2, 40)
+        );
+        assert_eq!(r.last_sequence(), h.last_sequence());
+        assert_eq!(r.delete_horizon_ms(), Some(horizon));
+        assert_eq!(h.delete_horizon_ms(), None);
+        let kept = records(&rebuilt).unwrap();
+        let abs: Vec<(i64, i64)> = kept
+            .iter()
+            .map(|k| (100 + k.offset_delta, horizon + k.timestamp_delta))
+            .collect();
+        assert_eq!(abs, vec![(101, 1007), (102, 1003)]);
+        assert!(!has_keyless_record(&rebuilt));
+        let keyless = BatchBuilder::new(0).record(0, None, Some(b"v")).build();
+        assert!(has_keyless_record(&keyless));
+    }
+
+    #[test]
     fn finds_the_first_record_at_or_after_a_timestamp() {
         let b = BatchBuilder::new(1000)
             .base_offset(40)
