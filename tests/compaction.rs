@@ -10,6 +10,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::acked::wait_until;
+use common::cluster::{partitions, Cluster};
 use common::Server;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -23,12 +25,12 @@ use rdkafka::{Offset, TopicPartitionList};
 /// key -> (offset, value; None for a tombstone)
 type View = BTreeMap<String, (i64, Option<Vec<u8>>)>;
 
-async fn create_topic(server: &Server, name: &str, configs: &[(&str, &str)]) {
+async fn create_topic(bootstrap: &str, name: &str, replicas: i32, configs: &[(&str, &str)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", server.bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin");
-    let mut topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, 1, TopicReplication::Fixed(replicas));
     for (k, v) in configs {
         topic = topic.set(k, v);
     }
@@ -44,9 +46,9 @@ async fn create_topic(server: &Server, name: &str, configs: &[(&str, &str)]) {
     }
 }
 
-fn producer(server: &Server, idempotent: bool) -> FutureProducer {
+fn producer(bootstrap: &str, idempotent: bool) -> FutureProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", server.bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set(
             "enable.idempotence",
@@ -98,9 +100,9 @@ async fn send_all(
 
 /// Every record of partition 0, from the log start to its end, as
 /// (offset, key, value).
-fn read_all(server: &Server, topic: &str) -> Vec<(i64, String, Option<Vec<u8>>)> {
+fn read_all(bootstrap: &str, topic: &str) -> Vec<(i64, String, Option<Vec<u8>>)> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", server.bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", "compaction-check")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -124,18 +126,25 @@ fn read_all(server: &Server, topic: &str) -> Vec<(i64, String, Option<Vec<u8>>)>
                 m.payload().map(<[u8]>::to_vec),
             )),
             Some(Err(KafkaError::PartitionEOF(_))) => return out,
-            Some(Err(e)) => panic!("consume failed: {e}"),
-            None => {}
+            // A dead broker in the bootstrap list, a leader moving: retried
+            // until the deadline.
+            Some(Err(_)) | None => {}
         }
     }
 }
 
 /// Reads until the records are exactly `expected` (each key once, at its
 /// offset, with its value), for at most `limit`.
-fn wait_for_exactly(server: &Server, topic: &str, expected: &View, limit: Duration) {
+fn wait_for_exactly(
+    bootstrap: &str,
+    topic: &str,
+    expected: &View,
+    limit: Duration,
+    logs: &dyn Fn() -> String,
+) {
     let deadline = Instant::now() + limit;
     loop {
-        let records = read_all(server, topic);
+        let records = read_all(bootstrap, topic);
         let view: View = records
             .iter()
             .map(|(o, k, v)| (k.clone(), (*o, v.clone())))
@@ -156,7 +165,7 @@ fn wait_for_exactly(server: &Server, topic: &str, expected: &View, limit: Durati
                 records.len(),
                 expected.len(),
                 view.keys().filter(|k| !expected.contains_key(*k)).collect::<Vec<_>>(),
-                tail(&server.log())
+                tail(&logs())
             );
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -184,8 +193,9 @@ async fn a_compacted_topic_keeps_each_keys_latest_value_and_drops_tombstones() {
         "log.retention.check.interval.ms=100",
     ]);
     create_topic(
-        &server,
+        &server.bootstrap(),
         "compacted",
+        1,
         &[
             ("cleanup.policy", "compact"),
             ("segment.bytes", "4096"),
@@ -198,7 +208,7 @@ async fn a_compacted_topic_keeps_each_keys_latest_value_and_drops_tombstones() {
     )
     .await;
 
-    let idempotent = producer(&server, true);
+    let idempotent = producer(&server.bootstrap(), true);
     let mut records = Vec::new();
     for round in 0..40 {
         for k in 0..50 {
@@ -213,7 +223,7 @@ async fn a_compacted_topic_keeps_each_keys_latest_value_and_drops_tombstones() {
     latest(&records, &offsets, &mut expected);
 
     // Records without a key are refused on a compacted topic.
-    let plain = producer(&server, false);
+    let plain = producer(&server.bootstrap(), false);
     let refused = plain
         .send(
             FutureRecord::<(), _>::to("compacted")
@@ -233,7 +243,13 @@ async fn a_compacted_topic_keeps_each_keys_latest_value_and_drops_tombstones() {
         "{refused:?}"
     );
 
-    wait_for_exactly(&server, "compacted", &expected, Duration::from_secs(60));
+    wait_for_exactly(
+        &server.bootstrap(),
+        "compacted",
+        &expected,
+        Duration::from_secs(60),
+        &|| server.log(),
+    );
 
     // Tombstones for ten keys: once delete.retention.ms has passed since
     // their first clean, the keys are gone altogether.
@@ -255,7 +271,13 @@ async fn a_compacted_topic_keeps_each_keys_latest_value_and_drops_tombstones() {
         .collect();
     let offsets = send_all(&idempotent, "compacted", &again).await;
     latest(&again, &offsets, &mut expected);
-    wait_for_exactly(&server, "compacted", &expected, Duration::from_secs(60));
+    wait_for_exactly(
+        &server.bootstrap(),
+        "compacted",
+        &expected,
+        Duration::from_secs(60),
+        &|| server.log(),
+    );
     assert!(server.log().contains("cleaned log"));
 }
 
@@ -346,8 +368,9 @@ async fn kill_9_in_the_middle_of_a_clean_loses_nothing() {
     // nearly always in the middle of a clean when the kill comes.
     let mut server = Server::start_with(&["log.cleaner.backoff.ms=1"]);
     create_topic(
-        &server,
+        &server.bootstrap(),
         "compacted",
+        1,
         &[
             ("cleanup.policy", "compact"),
             ("segment.bytes", "65536"),
@@ -377,10 +400,11 @@ async fn kill_9_in_the_middle_of_a_clean_loses_nothing() {
         server.restart();
         // Each key's latest acknowledged write is there at its offset, or a
         // later write of the key (sent, its acknowledgement lost in the kill).
-        let view: BTreeMap<String, (i64, Option<Vec<u8>>)> = read_all(&server, "compacted")
-            .into_iter()
-            .map(|(o, k, v)| (k, (o, v)))
-            .collect();
+        let view: BTreeMap<String, (i64, Option<Vec<u8>>)> =
+            read_all(&server.bootstrap(), "compacted")
+                .into_iter()
+                .map(|(o, k, v)| (k, (o, v)))
+                .collect();
         for (key, (offset, value)) in &acked_before {
             let got = view.get(key);
             assert!(
@@ -407,5 +431,91 @@ async fn kill_9_in_the_middle_of_a_clean_loses_nothing() {
     eprintln!(
         "killed mid-clean {} times, leaving {killed_mid_clean:?}",
         killed_mid_clean.len()
+    );
+}
+
+/// Every replica compacts the same data: a follower that was down while
+/// the leader wrote and cleaned catches up from the cleaned log (gaps in
+/// offsets, emptied batches, delete horizons), and alone it serves each
+/// key's latest value once the others are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_catches_up_from_a_cleaned_leader_and_serves_the_same_keys() {
+    let mut cluster = Cluster::start(
+        1,
+        3,
+        &[
+            "broker.session.timeout.ms=3000",
+            "broker.heartbeat.interval.ms=500",
+            "replica.lag.time.max.ms=5000",
+            "log.cleaner.backoff.ms=100",
+            "log.retention.check.interval.ms=100",
+        ],
+    );
+    let bootstrap = cluster.bootstrap();
+    create_topic(
+        &bootstrap,
+        "compacted",
+        3,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "4096"),
+            ("segment.ms", "300"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "1000"),
+            ("min.insync.replicas", "2"),
+        ],
+    )
+    .await;
+    let isr_is = |bootstrap: &str, n: usize| {
+        let p = partitions(bootstrap, "compacted");
+        p.len() == 1 && p[0].1 >= 0 && p[0].2 == n
+    };
+    wait_until(|| isr_is(&bootstrap, 3), Duration::from_secs(30));
+    cluster.broker(3).kill9();
+    wait_until(|| isr_is(&bootstrap, 2), Duration::from_secs(30));
+
+    let p = producer(&bootstrap, true);
+    let mut expected = View::new();
+    for round in 0..20 {
+        let records: Vec<(String, Option<Vec<u8>>)> = (0..50)
+            .map(|k| {
+                let value = (round < 19 || k >= 10).then(|| format!("{round}/{k}").into_bytes());
+                (format!("key-{k:02}"), value)
+            })
+            .collect();
+        let offsets = send_all(&p, "compacted", &records).await;
+        latest(&records, &offsets, &mut expected);
+    }
+    // The last round deleted keys 0..10.
+    expected.retain(|_, (_, v)| v.is_some());
+    drop(p);
+    let logs = || cluster.logs();
+    wait_for_exactly(
+        &bootstrap,
+        "compacted",
+        &expected,
+        Duration::from_secs(60),
+        &logs,
+    );
+
+    cluster.broker(3).restart();
+    cluster.broker(3).wait_serving(Duration::from_secs(60));
+    wait_until(|| isr_is(&bootstrap, 3), Duration::from_secs(60));
+    let alone = cluster.broker(3).address();
+    cluster.kill_brokers_except(3);
+    wait_until(
+        || {
+            let p = partitions(&alone, "compacted");
+            p.len() == 1 && p[0].1 == 3 && p[0].2 == 1
+        },
+        Duration::from_secs(30),
+    );
+    let logs = || cluster.logs();
+    wait_for_exactly(
+        &alone,
+        "compacted",
+        &expected,
+        Duration::from_secs(60),
+        &logs,
     );
 }

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
 use super::netns::Network;
 use super::{free_port, BIN};
 
@@ -290,4 +293,21 @@ impl Cluster {
             .map(|n| format!("===== node {} ({})\n{}", n.id, n.role, n.log()))
             .collect()
     }
+}
+
+/// The leader, ISR and replicas of each partition of `topic`, as a broker sees them.
+pub fn partitions(bootstrap: &str, topic: &str) -> Vec<(i32, i32, usize)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return Vec::new();
+    };
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| (p.id(), p.leader(), p.isr().len()))
+        .collect()
 }
