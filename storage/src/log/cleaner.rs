@@ -327,7 +327,9 @@ impl PartitionLog {
         let lag_due = config.max_compaction_lag_ms < i64::MAX
             && dirty_segments.first().is_some_and(|s| {
                 s.read_header(0).ok().flatten().is_some_and(|h| {
-                    h.base_timestamp >= 0
+                    // A horizon in the base timestamp is not a record's time.
+                    h.delete_horizon_ms().is_none()
+                        && h.base_timestamp >= 0
                         && now_ms.saturating_sub(h.base_timestamp) > config.max_compaction_lag_ms
                 })
             });
