@@ -9,6 +9,8 @@
 //! <dir>/leader-epoch-checkpoint          epoch -> start offset
 //! <dir>/producer-snapshot                producer state as of some offset
 //! <dir>/.clean-shutdown                  present only between close and open
+//! <dir>/cleaner-checkpoint               compacted logs: end of the clean part
+//! <dir>/cleaner/, <dir>/*.swap           a clean in progress (see [`cleaner`])
 //! ```
 //!
 //! Appends are plain `write(2)`s; data survives a killed process through the
