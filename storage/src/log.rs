@@ -92,7 +92,7 @@ pub struct LogConfig {
     /// delete old segments.
     pub cleanup_delete: bool,
     /// `cleanup.policy` holds `compact`: the cleaner keeps the latest value
-    /// of each key (see [`crate::cleaner`]).
+    /// of each key (see [`crate::log::cleaner`]).
     pub cleanup_compact: bool,
     /// `delete.retention.ms`: how long a tombstone outlives its first clean.
     pub delete_retention_ms: i64,
