@@ -342,6 +342,11 @@ fn bind_address(listener: &Listener) -> Result<SocketAddr> {
 }
 
 fn log_config(settings: &Settings) -> Result<LogConfig> {
+    let policy = settings.get("log.cleanup.policy");
+    let (cleanup_delete, cleanup_compact) = sluice_broker::replica::cleanup_policy(policy)
+        .with_context(|| {
+            format!("setting log.cleanup.policy = {policy:?}: expected delete, compact or both")
+        })?;
     Ok(LogConfig {
         segment_bytes: settings.parse("log.segment.bytes")?,
         segment_ms: settings.parse("log.roll.ms")?,
@@ -351,6 +356,12 @@ fn log_config(settings: &Settings) -> Result<LogConfig> {
         index_interval_bytes: settings.parse("log.index.interval.bytes")?,
         flush_messages: settings.parse("log.flush.interval.messages")?,
         flush_ms: settings.flush_ms()?,
+        cleanup_delete,
+        cleanup_compact,
+        delete_retention_ms: settings.parse("log.cleaner.delete.retention.ms")?,
+        min_cleanable_dirty_ratio: settings.parse("log.cleaner.min.cleanable.ratio")?,
+        min_compaction_lag_ms: settings.parse("log.cleaner.min.compaction.lag.ms")?,
+        max_compaction_lag_ms: settings.parse("log.cleaner.max.compaction.lag.ms")?,
     })
 }
 
@@ -426,6 +437,8 @@ fn broker_config(
     }
     config.retention_check_interval =
         Duration::from_millis(settings.parse("log.retention.check.interval.ms")?);
+    config.log_cleaner_enable = settings.parse("log.cleaner.enable")?;
+    config.log_cleaner_backoff = Duration::from_millis(settings.parse("log.cleaner.backoff.ms")?);
     config.checkpoint_interval =
         Duration::from_millis(settings.parse("replica.high.watermark.checkpoint.interval.ms")?);
     // Kafka's default is Long.MAX ("never"); a timer needs a period it can add
@@ -583,6 +596,17 @@ fn spawn_housekeeping(
         stop.clone(),
         move || r.flush_due_logs(),
     );
+    if config.log_cleaner_enable {
+        // Compaction reads and writes whole segments: on the blocking pool,
+        // with each partition's lock held only to plan and to swap.
+        let r = replicas.clone();
+        spawn_periodic(
+            "cleaner",
+            config.log_cleaner_backoff,
+            stop.clone(),
+            move || r.clean_logs(),
+        );
+    }
     spawn_periodic("checkpoint", config.checkpoint_interval, stop, move || {
         replicas.checkpoint();
         replicas.retry_offline();

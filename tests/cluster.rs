@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::acked::{verify, wait_until, AckedWriter, TailingReader};
-use common::cluster::{wait_for_quorum, Cluster};
+use common::cluster::{partitions, wait_for_quorum, Cluster};
 use kafka_protocol::messages::{fetch_request, BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -41,23 +41,6 @@ fn created(cluster: &mut Cluster, args: &[&str]) {
 fn topic_list(cluster: &mut Cluster) -> String {
     let out = cluster.cli(&["list"]);
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// The leader, ISR and replicas of each partition of `topic`, as a broker sees them.
-fn partitions(bootstrap: &str, topic: &str) -> Vec<(i32, i32, usize)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
-        return Vec::new();
-    };
-    metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions())
-        .map(|p| (p.id(), p.leader(), p.isr().len()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -41,6 +41,10 @@ pub struct BrokerConfig {
     pub fetch_max_bytes: i32,
     /// `log.retention.check.interval.ms`
     pub retention_check_interval: Duration,
+    /// `log.cleaner.enable`: run the log cleaner for compacted topics.
+    pub log_cleaner_enable: bool,
+    /// `log.cleaner.backoff.ms`: pause between cleaner passes.
+    pub log_cleaner_backoff: Duration,
     /// `replica.high.watermark.checkpoint.interval.ms`
     pub checkpoint_interval: Duration,
     /// `log.flush.scheduler.interval.ms`: how often `flush.ms` is checked.
@@ -84,6 +88,8 @@ impl BrokerConfig {
             queued_max_request_bytes: 268_435_456,
             fetch_max_bytes: 57_671_680,
             retention_check_interval: Duration::from_secs(300),
+            log_cleaner_enable: true,
+            log_cleaner_backoff: Duration::from_millis(15_000),
             checkpoint_interval: Duration::from_secs(5),
             flush_check_interval: Duration::from_secs(1),
             replica_lag_time_max: Duration::from_millis(30_000),

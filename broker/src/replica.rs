@@ -64,7 +64,43 @@ pub fn effective_log_config(
     if let Some(v) = get("flush.ms") {
         config.flush_ms = v.max(0);
     }
+    if let Some((delete, compact)) = configs
+        .get("cleanup.policy")
+        .and_then(|v| cleanup_policy(v))
+    {
+        config.cleanup_delete = delete;
+        config.cleanup_compact = compact;
+    }
+    if let Some(v) = get("delete.retention.ms") {
+        config.delete_retention_ms = v;
+    }
+    if let Some(v) = configs
+        .get("min.cleanable.dirty.ratio")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        config.min_cleanable_dirty_ratio = v;
+    }
+    if let Some(v) = get("min.compaction.lag.ms") {
+        config.min_compaction_lag_ms = v;
+    }
+    if let Some(v) = get("max.compaction.lag.ms") {
+        config.max_compaction_lag_ms = v;
+    }
     config
+}
+
+/// `cleanup.policy` (a comma-separated list of `delete` and `compact`) as
+/// (delete, compact); `None` if it names anything else.
+pub fn cleanup_policy(value: &str) -> Option<(bool, bool)> {
+    let (mut delete, mut compact) = (false, false);
+    for word in value.split(',').map(str::trim) {
+        match word {
+            "delete" => delete = true,
+            "compact" => compact = true,
+            _ => return None,
+        }
+    }
+    Some((delete, compact))
 }
 
 /// The high watermark: the smallest log end offset among the in-sync replicas.
@@ -916,6 +952,52 @@ impl ReplicaManager {
         }
     }
 
+    /// One log cleaner pass over the compacted partitions that are due. Each
+    /// partition's lock is held only to plan and to swap the cleaned
+    /// segments in; the copying runs without it (see
+    /// `sluice_storage::log::cleaner`).
+    pub fn clean_logs(&self) {
+        for partition in self.partitions() {
+            let plan = {
+                let state = partition.state();
+                if state.deleted {
+                    continue;
+                }
+                state.log.plan_clean(now_ms())
+            };
+            let Some(plan) = plan else { continue };
+            let output = match plan.run() {
+                Ok(output) => output,
+                Err(e) => {
+                    warn!(topic = %partition.topic, partition = partition.index, error = %e, "log clean failed");
+                    continue;
+                }
+            };
+            let mut state = partition.state();
+            if state.deleted {
+                // Dropping the output removes its files.
+                continue;
+            }
+            match state.log.finish_clean(output) {
+                Ok(stats) => info!(
+                    topic = %partition.topic,
+                    partition = partition.index,
+                    segments_read = stats.segments_read,
+                    segments_swapped = stats.segments_swapped,
+                    bytes_read = stats.bytes_read,
+                    bytes_written = stats.bytes_written,
+                    records_removed = stats.records_removed,
+                    tombstones_removed = stats.tombstones_removed,
+                    batches_kept_whole = stats.batches_kept_whole,
+                    "cleaned log"
+                ),
+                Err(e) => {
+                    warn!(topic = %partition.topic, partition = partition.index, error = %e, "swapping in a cleaned log failed")
+                }
+            }
+        }
+    }
+
     /// Persists high watermarks and log start offsets.
     pub fn checkpoint(&self) {
         for partition in self.partitions() {
@@ -1069,6 +1151,24 @@ mod tests {
         let config = effective_log_config(&defaults, Some(&configs));
         assert_eq!(config.retention_ms, 1000);
         assert_eq!(config.segment_bytes, defaults.segment_bytes);
+        assert!(config.cleanup_delete && !config.cleanup_compact);
+
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        configs.insert("delete.retention.ms".to_string(), "5".to_string());
+        configs.insert("min.cleanable.dirty.ratio".to_string(), "0.1".to_string());
+        configs.insert("min.compaction.lag.ms".to_string(), "7".to_string());
+        configs.insert("max.compaction.lag.ms".to_string(), "9".to_string());
+        let config = effective_log_config(&defaults, Some(&configs));
+        assert!(!config.cleanup_delete && config.cleanup_compact);
+        assert_eq!(config.delete_retention_ms, 5);
+        assert_eq!(config.min_cleanable_dirty_ratio, 0.1);
+        assert_eq!(
+            (config.min_compaction_lag_ms, config.max_compaction_lag_ms),
+            (7, 9)
+        );
+        configs.insert("cleanup.policy".to_string(), "compact, delete".to_string());
+        let config = effective_log_config(&defaults, Some(&configs));
+        assert!(config.cleanup_delete && config.cleanup_compact);
     }
 
     #[test]

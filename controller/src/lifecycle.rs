@@ -48,6 +48,15 @@ pub fn elect_leader(
     None
 }
 
+/// `unclean.leader.election.enable` for `topic`: its own config if set,
+/// else the controller's (broker-wide) setting `default`.
+pub fn unclean_for(image: &MetadataImage, topic: &str, default: bool) -> bool {
+    image
+        .topic_config(topic)
+        .and_then(|c| c.get("unclean.leader.election.enable"))
+        .map_or(default, |v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 fn record(topic_id: Uuid, index: i32, p: &PartitionRegistration) -> MetadataRecord {
     MetadataRecord::Partition(PartitionRecord {
         topic_id,
@@ -71,6 +80,7 @@ fn remove_broker_from_partitions(
 ) -> Vec<MetadataRecord> {
     let mut records = Vec::new();
     for topic in image.topics_by_id.values() {
+        let unclean = unclean_for(image, &topic.name, unclean);
         for (&index, p) in &topic.partitions {
             if !p.replicas.contains(&broker) {
                 continue;
@@ -189,6 +199,7 @@ pub fn unfence_broker(image: &MetadataImage, broker_id: i32, unclean: bool) -> O
     }
     after.brokers = brokers.into();
     for topic in image.topics_by_id.values() {
+        let unclean = unclean_for(image, &topic.name, unclean);
         for (&index, p) in &topic.partitions {
             if p.leader != NO_LEADER || !p.replicas.contains(&broker_id) {
                 continue;
@@ -209,6 +220,31 @@ pub fn unfence_broker(image: &MetadataImage, broker_id: i32, unclean: bool) -> O
         records,
         results: (),
     }
+}
+
+/// Leaders for the leaderless partitions of `topic`, allowing replicas
+/// outside the ISR (its `unclean.leader.election.enable` was just turned on).
+pub fn elect_unclean_leaders(image: &MetadataImage, topic: &str) -> Vec<MetadataRecord> {
+    let mut records = Vec::new();
+    let Some(topic) = image.topic(topic) else {
+        return records;
+    };
+    for (&index, p) in &topic.partitions {
+        if p.leader != NO_LEADER {
+            continue;
+        }
+        if let Some((leader, was_unclean)) = elect_leader(image, p, None, true) {
+            let mut next = p.clone();
+            next.leader = leader;
+            if was_unclean {
+                next.isr = vec![leader];
+            }
+            next.leader_epoch += 1;
+            next.partition_epoch += 1;
+            records.push(record(topic.id, index, &next));
+        }
+    }
+    records
 }
 
 /// Controlled shutdown: moves every leadership of `broker_id` to another
@@ -467,6 +503,58 @@ mod tests {
             image = apply(&image, &fence_broker(&image, broker, epoch, false).records);
         }
         image = apply(&image, &unfence_broker(&image, 3, true).records);
+        let p0 = partition(&image, id, 0);
+        assert_eq!((p0.leader, p0.isr.clone()), (3, vec![3]));
+    }
+
+    /// Kills every ISR member of `t` and returns broker 3 (outside the
+    /// ISR of partition 0) to life.
+    fn isr_dead_then_3_back(mut image: Arc<MetadataImage>, unclean: bool) -> Arc<MetadataImage> {
+        for broker in [2, 3, 1] {
+            let epoch = image.brokers[&broker].broker_epoch;
+            image = apply(
+                &image,
+                &fence_broker(&image, broker, epoch, unclean).records,
+            );
+        }
+        apply(&image, &unfence_broker(&image, 3, unclean).records)
+    }
+
+    fn set_topic_config(image: &Arc<MetadataImage>, name: &str, value: &str) -> Arc<MetadataImage> {
+        let op = crate::ops::alter_configs(
+            image,
+            vec![(
+                sluice_metadata::ConfigResource::Topic("t".into()),
+                vec![sluice_metadata::controller_api::ConfigChange {
+                    name: name.into(),
+                    value: Some(value.into()),
+                }],
+            )],
+        );
+        assert!(op.results.iter().all(Result::is_ok));
+        apply(image, &op.records)
+    }
+
+    #[test]
+    fn the_topic_level_unclean_setting_overrides_the_brokers() {
+        // Broker-wide off, topic on: the out-of-ISR replica leads.
+        let (image, id) = cluster();
+        let image = set_topic_config(&image, "unclean.leader.election.enable", "true");
+        let image = isr_dead_then_3_back(image, false);
+        let p0 = partition(&image, id, 0);
+        assert_eq!((p0.leader, p0.isr.clone()), (3, vec![3]));
+
+        // Broker-wide on, topic off: it stays leaderless.
+        let (image, id) = cluster();
+        let image = set_topic_config(&image, "unclean.leader.election.enable", "false");
+        let image = isr_dead_then_3_back(image, true);
+        assert_eq!(partition(&image, id, 0).leader, NO_LEADER);
+
+        // Neither: leaderless too, until the topic turns it on.
+        let (image, id) = cluster();
+        let image = isr_dead_then_3_back(image, false);
+        assert_eq!(partition(&image, id, 0).leader, NO_LEADER);
+        let image = set_topic_config(&image, "unclean.leader.election.enable", "true");
         let p0 = partition(&image, id, 0);
         assert_eq!((p0.leader, p0.isr.clone()), (3, vec![3]));
     }

@@ -324,6 +324,19 @@ pub fn alter_configs(
         };
         match checked {
             Ok(()) => {
+                // Turning unclean election on for a topic elects leaders
+                // for its leaderless partitions now, as Kafka does.
+                if let ConfigResource::Topic(name) = &resource {
+                    let enables = entries.iter().any(|c| {
+                        c.name == "unclean.leader.election.enable"
+                            && c.value
+                                .as_deref()
+                                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+                    });
+                    if enables {
+                        records.extend(crate::lifecycle::elect_unclean_leaders(image, name));
+                    }
+                }
                 records.extend(entries.into_iter().map(|c| {
                     MetadataRecord::Config(ConfigRecord {
                         resource: resource.clone(),

@@ -208,7 +208,10 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
             }
         }
         ConfigType::Double => {
-            value.trim().parse::<f64>().map_err(|_| bad())?;
+            let v = value.trim().parse::<f64>().map_err(|_| bad())?;
+            if name == "min.cleanable.dirty.ratio" && !(0.0..=1.0).contains(&v) {
+                return Err(format!("{}: value must be between 0 and 1", bad()));
+            }
         }
         ConfigType::Choice { options, list } => {
             let words: Vec<&str> = if list {
@@ -221,7 +224,31 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    check_implemented(name, value.trim())
+}
+
+/// Refuses a value Sluice would accept but not honour: a setting that does
+/// nothing must not look as if it worked. Values that describe what Sluice
+/// does anyway (Kafka's defaults, mostly) are accepted.
+fn check_implemented(name: &str, value: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("Sluice does not implement {name}={value}: {why}"));
+    match name {
+        "compression.type" if value != "producer" => refuse(
+            "batches are stored as the producer compressed them (only compression.type=producer)",
+        ),
+        "message.timestamp.type" if value != "CreateTime" => {
+            refuse("record timestamps are the producer's (only message.timestamp.type=CreateTime)")
+        }
+        "preallocate" if !value.eq_ignore_ascii_case("false") => {
+            refuse("segment files are not preallocated (only preallocate=false)")
+        }
+        "segment.jitter.ms" if value.parse::<i64>() != Ok(0) => {
+            refuse("segments roll without jitter (only segment.jitter.ms=0)")
+        }
+        "file.delete.delay.ms" => refuse("segment files are deleted at once"),
+        "segment.index.bytes" => refuse("index files do not limit a segment's size"),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a topic name the way Kafka does.
@@ -268,7 +295,59 @@ mod tests {
         assert!(validate_topic_config("cleanup.policy", "compact,delete").is_ok());
         assert!(validate_topic_config("cleanup.policy", "shred").is_err());
         assert!(validate_topic_config("no.such.config", "1").is_err());
-        assert!(validate_topic_config("preallocate", "TRUE").is_ok());
+        assert!(validate_topic_config("preallocate", "FALSE").is_ok());
+        assert!(validate_topic_config("min.cleanable.dirty.ratio", "0.1").is_ok());
+        assert!(validate_topic_config("min.cleanable.dirty.ratio", "1.5").is_err());
+    }
+
+    #[test]
+    fn unimplemented_configs_are_refused_implemented_ones_accepted() {
+        let refused = [
+            ("compression.type", "gzip"),
+            ("compression.type", "uncompressed"),
+            ("message.timestamp.type", "LogAppendTime"),
+            ("preallocate", "true"),
+            ("segment.jitter.ms", "1000"),
+            ("file.delete.delay.ms", "60000"),
+            ("segment.index.bytes", "10485760"),
+        ];
+        for (name, value) in refused {
+            let e = validate_topic_config(name, value).expect_err(name);
+            assert!(e.contains("does not implement"), "{e}");
+        }
+        let accepted = [
+            ("cleanup.policy", "compact"),
+            ("cleanup.policy", "compact,delete"),
+            ("compression.type", "producer"),
+            ("delete.retention.ms", "1000"),
+            ("flush.messages", "1"),
+            ("flush.ms", "1000"),
+            ("index.interval.bytes", "100"),
+            ("max.compaction.lag.ms", "1000"),
+            ("max.message.bytes", "1000"),
+            ("message.timestamp.type", "CreateTime"),
+            ("min.cleanable.dirty.ratio", "0.2"),
+            ("min.compaction.lag.ms", "10"),
+            ("min.insync.replicas", "2"),
+            ("preallocate", "false"),
+            ("retention.bytes", "1000"),
+            ("retention.ms", "1000"),
+            ("segment.bytes", "1000"),
+            ("segment.jitter.ms", "0"),
+            ("segment.ms", "1000"),
+            ("unclean.leader.election.enable", "true"),
+        ];
+        for (name, value) in accepted {
+            assert_eq!(validate_topic_config(name, value), Ok(()), "{name}={value}");
+        }
+        // A config added to the list must be classified here too.
+        for def in TOPIC_CONFIGS {
+            assert!(
+                refused.iter().chain(&accepted).any(|(n, _)| *n == def.name),
+                "{} is neither refused nor known to work",
+                def.name
+            );
+        }
     }
 
     /// The log honours these (sluice-storage `LogConfig`), with Kafka's

@@ -48,6 +48,9 @@ const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_MASK: i16 = 0x08;
 const TRANSACTIONAL_MASK: i16 = 0x10;
 const CONTROL_MASK: i16 = 0x20;
+/// KIP-534: the base timestamp holds the time after which the batch's
+/// tombstones may be removed by compaction.
+const DELETE_HORIZON_MASK: i16 = 0x40;
 /// none, gzip, snappy, lz4, zstd.
 const MAX_COMPRESSION_CODEC: u8 = 4;
 
@@ -174,6 +177,12 @@ impl BatchHeader {
 
     pub fn is_control(&self) -> bool {
         self.attributes & CONTROL_MASK != 0
+    }
+
+    /// The time after which compaction may remove this batch's tombstones,
+    /// once a cleaner has set it (KIP-534: kept in the base timestamp).
+    pub fn delete_horizon_ms(&self) -> Option<i64> {
+        (self.attributes & DELETE_HORIZON_MASK != 0).then_some(self.base_timestamp)
     }
 
     /// True for batches written by an idempotent or transactional producer.
@@ -471,6 +480,127 @@ impl BatchBuilder {
     }
 }
 
+/// One record of an uncompressed batch, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub attributes: u8,
+    pub timestamp_delta: i64,
+    pub offset_delta: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// The record's bytes after its timestamp delta (offset delta, key,
+    /// value, headers), to copy unchanged when re-encoding.
+    pub tail: &'a [u8],
+}
+
+fn read_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Option<Option<&'a [u8]>> {
+    let len = read_varint(buf, pos)?;
+    if len < 0 {
+        return Some(None);
+    }
+    let end = pos.checked_add(usize::try_from(len).ok()?)?;
+    let b = buf.get(*pos..end)?;
+    *pos = end;
+    Some(Some(b))
+}
+
+/// Decodes the records of a whole uncompressed batch. `None` if the batch is
+/// compressed or its records do not parse (the caller must then keep it as
+/// it is).
+pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if header.compression() != 0 || header.size() > batch.len() {
+        return None;
+    }
+    let body = &batch[..header.size()];
+    let mut out = Vec::with_capacity(usize::try_from(header.records_count).ok()?.min(4096));
+    let mut pos = HEADER_SIZE;
+    for _ in 0..header.records_count {
+        let length = usize::try_from(read_varint(body, &mut pos)?).ok()?;
+        let end = pos.checked_add(length)?;
+        let rec = body.get(pos..end)?;
+        let mut at = 1usize;
+        let attributes = *rec.first()?;
+        let timestamp_delta = read_varint(rec, &mut at)?;
+        let tail_start = at;
+        let offset_delta = read_varint(rec, &mut at)?;
+        let key = read_bytes(rec, &mut at)?;
+        let value = read_bytes(rec, &mut at)?;
+        out.push(RecordView {
+            attributes,
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+            tail: &rec[tail_start..],
+        });
+        pos = end;
+    }
+    (pos == body.len()).then_some(out)
+}
+
+/// Appends `record` to `out` as a record of a batch whose base timestamp
+/// is `base_timestamp`, keeping its absolute timestamp `timestamp`.
+pub fn encode_record(
+    out: &mut Vec<u8>,
+    record: &RecordView<'_>,
+    timestamp: i64,
+    base_timestamp: i64,
+) {
+    let mut delta = Vec::with_capacity(10);
+    put_varint(&mut delta, timestamp.wrapping_sub(base_timestamp));
+    let len = 1 + delta.len() + record.tail.len();
+    put_varint(out, len as i64);
+    out.push(record.attributes);
+    out.extend_from_slice(&delta);
+    out.extend_from_slice(record.tail);
+}
+
+/// Re-encodes the header of `original` around new `records` (already
+/// encoded, `count` of them), keeping its offsets, producer id, epoch and
+/// sequence, leader epoch and flags, as Kafka's cleaner does: the last
+/// offset (and so the last sequence) survives even if its record was
+/// removed. `delete_horizon_ms` sets the KIP-534 flag; the base timestamp
+/// is then the horizon and `records` must be encoded relative to it.
+pub fn rebuild_batch(
+    original: &BatchHeader,
+    base_timestamp: i64,
+    max_timestamp: i64,
+    delete_horizon: bool,
+    count: i32,
+    records: &[u8],
+) -> Vec<u8> {
+    let mut attributes = original.attributes;
+    if delete_horizon {
+        attributes |= DELETE_HORIZON_MASK;
+    }
+    let mut b = Vec::with_capacity(HEADER_SIZE + records.len());
+    b.extend_from_slice(&original.base_offset.to_be_bytes());
+    let len = (HEADER_SIZE - LOG_OVERHEAD + records.len()) as i32;
+    b.extend_from_slice(&len.to_be_bytes());
+    b.extend_from_slice(&original.partition_leader_epoch.to_be_bytes());
+    b.push(MAGIC_V2 as u8);
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&attributes.to_be_bytes());
+    b.extend_from_slice(&original.last_offset_delta.to_be_bytes());
+    b.extend_from_slice(&base_timestamp.to_be_bytes());
+    b.extend_from_slice(&max_timestamp.to_be_bytes());
+    b.extend_from_slice(&original.producer_id.to_be_bytes());
+    b.extend_from_slice(&original.producer_epoch.to_be_bytes());
+    b.extend_from_slice(&original.base_sequence.to_be_bytes());
+    b.extend_from_slice(&count.to_be_bytes());
+    b.extend_from_slice(records);
+    let crc = compute_crc(&b);
+    b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// True if an uncompressed batch holds a record without a key (compacted
+/// topics refuse them). Compressed batches are not read.
+pub fn has_keyless_record(batch: &[u8]) -> bool {
+    records(batch).is_some_and(|rs| rs.iter().any(|r| r.key.is_none()))
+}
+
 /// Reads one zigzag varint (Kafka's record encoding) at `*pos`.
 fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
     let mut raw: u64 = 0;
@@ -657,6 +787,49 @@ mod tests {
             let _ = validate_all(&buf, Origin::Replica);
             let _ = BatchHeader::parse(&buf);
         }
+    }
+
+    #[test]
+    fn rebuilding_with_a_delete_horizon_keeps_offsets_timestamps_and_producer() {
+        let b = BatchBuilder::new(1000)
+            .producer(9, 2, 40)
+            .base_offset(100)
+            .record(1000, Some(b"a"), Some(b"1"))
+            .record(1007, Some(b"b"), None)
+            .record(1003, Some(b"c"), Some(b"3"))
+            .build();
+        let h = validate_batch(&b, Origin::Replica).unwrap();
+        let rs = records(&b).unwrap();
+        assert_eq!(rs.len(), 3);
+        assert_eq!((rs[1].key, rs[1].value), (Some(&b"b"[..]), None));
+        // Keep the last two, with the horizon as the base timestamp.
+        let horizon = 50_000;
+        let mut body = Vec::new();
+        for r in &rs[1..] {
+            encode_record(&mut body, r, h.base_timestamp + r.timestamp_delta, horizon);
+        }
+        let rebuilt = rebuild_batch(&h, horizon, 1007, true, 2, &body);
+        let r = validate_batch(&rebuilt, Origin::Replica).unwrap();
+        assert_eq!(
+            (r.base_offset, r.last_offset(), r.records_count),
+            (100, 102, 2)
+        );
+        assert_eq!(
+            (r.producer_id, r.producer_epoch, r.base_sequence),
+            (9, 2, 40)
+        );
+        assert_eq!(r.last_sequence(), h.last_sequence());
+        assert_eq!(r.delete_horizon_ms(), Some(horizon));
+        assert_eq!(h.delete_horizon_ms(), None);
+        let kept = records(&rebuilt).unwrap();
+        let abs: Vec<(i64, i64)> = kept
+            .iter()
+            .map(|k| (100 + k.offset_delta, horizon + k.timestamp_delta))
+            .collect();
+        assert_eq!(abs, vec![(101, 1007), (102, 1003)]);
+        assert!(!has_keyless_record(&rebuilt));
+        let keyless = BatchBuilder::new(0).record(0, None, Some(b"v")).build();
+        assert!(has_keyless_record(&keyless));
     }
 
     #[test]

@@ -13,7 +13,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-pub use std::fs::{create_dir_all, metadata, read, read_dir, read_to_string, DirEntry, Metadata};
+pub use std::fs::{
+    create_dir, create_dir_all, metadata, read, read_dir, read_to_string, remove_dir, DirEntry,
+    Metadata,
+};
 
 #[cfg(test)]
 pub(crate) mod sim;

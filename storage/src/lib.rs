@@ -15,6 +15,7 @@ pub mod producer_state;
 pub mod segment;
 
 pub use error::StorageError;
+pub use log::cleaner::{CleanOutput, CleanPlan, CleanStats};
 pub use log::{
     sync_dir, wall_clock_ms, write_atomic, AppendInfo, LogConfig, PartitionLog, ReadResult,
 };
@@ -23,6 +24,6 @@ pub use log::{
 pub mod raft_store;
 
 #[cfg(test)]
-mod test_rng;
-#[cfg(test)]
 mod test_alloc;
+#[cfg(test)]
+mod test_rng;

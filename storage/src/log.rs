@@ -9,6 +9,8 @@
 //! <dir>/leader-epoch-checkpoint          epoch -> start offset
 //! <dir>/producer-snapshot                producer state as of some offset
 //! <dir>/.clean-shutdown                  present only between close and open
+//! <dir>/cleaner-checkpoint               compacted logs: end of the clean part
+//! <dir>/cleaner/, <dir>/*.swap           a clean in progress (see [`cleaner`])
 //! ```
 //!
 //! Appends are plain `write(2)`s; data survives a killed process through the
@@ -74,7 +76,7 @@ fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
 }
 
 /// Per-partition log settings (Kafka topic configs of the same names).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll when the active segment would grow past this.
     pub segment_bytes: u64,
@@ -94,6 +96,22 @@ pub struct LogConfig {
     /// `flush.ms`: [`PartitionLog::flush_if_due`] fsyncs data that has been
     /// waiting this long (`i64::MAX`: never for that reason).
     pub flush_ms: i64,
+    /// `cleanup.policy` holds `delete`: `retention.ms`/`retention.bytes`
+    /// delete old segments.
+    pub cleanup_delete: bool,
+    /// `cleanup.policy` holds `compact`: the cleaner keeps the latest value
+    /// of each key (see [`crate::log::cleaner`]).
+    pub cleanup_compact: bool,
+    /// `delete.retention.ms`: how long a tombstone outlives its first clean.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`: share of not yet cleaned bytes that
+    /// makes a log worth cleaning.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: records younger than this are not cleaned.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a log whose oldest uncleaned record is this
+    /// old is cleaned whatever its dirty ratio.
+    pub max_compaction_lag_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -108,6 +126,12 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            delete_retention_ms: 24 * 60 * 60 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
         }
     }
 }
@@ -159,6 +183,11 @@ pub struct PartitionLog {
     /// Set when a failed append could not be undone: appends are refused
     /// until the log is reopened.
     failed: Option<String>,
+    /// Where the clean part of a compacted log ends.
+    cleaner: cleaner::CleanerCheckpoint,
+    /// Bumped whenever segments are removed or cut (retention, truncation,
+    /// a clean's swap): a clean planned before then is not swapped in.
+    generation: u64,
 }
 
 struct Checkpoint {
@@ -197,6 +226,7 @@ impl PartitionLog {
     pub fn open(dir: &Path, mut config: LogConfig) -> Result<Self, StorageError> {
         config.segment_bytes = config.segment_bytes.min(i32::MAX as u64);
         fs::create_dir_all(dir)?;
+        cleaner::recover(dir)?;
         let clean_marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean = clean_marker.exists();
 
@@ -282,6 +312,8 @@ impl PartitionLog {
             recovery_point: log_end,
             last_flush_ms: wall_clock_ms(),
             failed: None,
+            cleaner: cleaner::read_checkpoint(dir),
+            generation: 0,
         };
 
         let mut epochs_changed = false;
@@ -492,6 +524,21 @@ impl PartitionLog {
                 size: h.size(),
                 max,
             });
+        }
+        if self.config.cleanup_compact {
+            // Kafka's LogValidator: a compacted topic needs a key to compact
+            // by. Compressed batches are not decoded here, so not checked.
+            if batches
+                .iter()
+                .any(|&(pos, h)| batch::has_keyless_record(&records[pos..pos + h.size()]))
+            {
+                return Err(StorageError::InvalidRecord(format!(
+                    "Compacted topic cannot accept message without key in topic partition {}",
+                    self.dir
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                )));
+            }
         }
         let max_timestamp = batches
             .iter()
@@ -906,6 +953,7 @@ impl PartitionLog {
                 seg.delete()?;
             }
         }
+        self.generation += 1;
         // The removed segments must be gone for good before the one below
         // them is cut: otherwise a power loss could keep them behind it.
         sync_dir(&self.dir)?;
@@ -922,6 +970,15 @@ impl PartitionLog {
         self.producers.clear();
         self.rebuild_producers_from(self.log_start_offset)?;
         self.write_checkpoint()?;
+        self.lower_first_dirty(log_end)
+    }
+
+    /// Data at or after `offset` is gone: whatever comes there next is dirty.
+    fn lower_first_dirty(&mut self, offset: i64) -> Result<(), StorageError> {
+        if self.cleaner.first_dirty > offset {
+            self.cleaner.first_dirty = offset;
+            cleaner::write_checkpoint(&self.dir, &self.cleaner)?;
+        }
         Ok(())
     }
 
@@ -976,7 +1033,8 @@ impl PartitionLog {
         }
         self.discard_producer_snapshot()?;
         self.producers.clear();
-        self.write_checkpoint()
+        self.write_checkpoint()?;
+        self.lower_first_dirty(offset)
     }
 
     /// Keeps the offsets kept in memory within the log after a part of a
@@ -1007,6 +1065,7 @@ impl PartitionLog {
             self.roll(log_end, wall_clock_ms())?;
         }
         let mut deleted = 0;
+        self.generation += 1;
         while self.segments.len() > 1 && self.segments[1].base_offset() <= offset {
             self.segments.remove(0).delete()?;
             deleted += 1;
@@ -1037,6 +1096,10 @@ impl PartitionLog {
     /// at or above the high watermark. Returns the number deleted.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
         let mut deleted = 0;
+        if !self.config.cleanup_delete {
+            // cleanup.policy=compact: only the cleaner removes data.
+            return Ok(0);
+        }
         if self.config.retention_ms >= 0 {
             while self.deletable_oldest() {
                 let seg = &self.segments[0];
@@ -1065,6 +1128,7 @@ impl PartitionLog {
             }
         }
         if deleted > 0 {
+            self.generation += 1;
             let new_start = self.segments[0].base_offset();
             tracing::info!(
                 dir = %self.dir.display(),
@@ -1180,6 +1244,9 @@ impl PartitionLog {
     }
 }
 
+pub mod cleaner;
+#[cfg(test)]
+mod cleaner_tests;
 #[cfg(test)]
 mod corruption_tests;
 #[cfg(test)]

@@ -217,6 +217,16 @@ impl ProducerStateManager {
             .push(h.producer_epoch, meta);
     }
 
+    /// The last offset of each producer's latest batch: the batch that
+    /// compaction must keep (if only as an empty header) so the producer's
+    /// sequence survives a clean and a restart.
+    pub fn last_offsets(&self) -> HashMap<i64, i64> {
+        self.producers
+            .iter()
+            .filter_map(|(&id, e)| e.last_offset().map(|o| (id, o)))
+            .collect()
+    }
+
     /// Forgets producers whose last batch lies entirely before `log_start`
     /// (their data was deleted).
     pub fn evict_below(&mut self, log_start: i64) {

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::{describe_quorum_request, DescribeQuorumRequest};
 use kafka_protocol::protocol::StrBytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_broker::KafkaClient;
 
 use super::netns::Network;
@@ -368,4 +370,21 @@ pub async fn wait_for_quorum(cluster: &mut Cluster, limit: Duration) -> QuorumVi
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The leader, ISR and replicas of each partition of `topic`, as a broker sees them.
+pub fn partitions(bootstrap: &str, topic: &str) -> Vec<(i32, i32, usize)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return Vec::new();
+    };
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| (p.id(), p.leader(), p.isr().len()))
+        .collect()
 }

@@ -124,3 +124,79 @@ def test_admin_create_list_describe_alter_delete_and_errors(server):
 
     admin.delete_topics(["admin-a"])["admin-a"].result(10)
     assert "admin-a" not in admin.list_topics(timeout=10).topics
+
+
+# Topic configs Sluice does not honour are refused rather than stored; the
+# refused values are the ones whose behaviour Sluice lacks.
+UNIMPLEMENTED = [
+    ("compression.type", "gzip"),
+    ("message.timestamp.type", "LogAppendTime"),
+    ("preallocate", "true"),
+    ("segment.jitter.ms", "5000"),
+    ("file.delete.delay.ms", "1000"),
+    ("segment.index.bytes", "1048576"),
+]
+
+IMPLEMENTED = {
+    "cleanup.policy": "compact,delete",
+    "delete.retention.ms": "1000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "min.compaction.lag.ms": "10",
+    "max.compaction.lag.ms": "60000",
+    "unclean.leader.election.enable": "true",
+    "flush.messages": "1",
+    "flush.ms": "1000",
+    "compression.type": "producer",
+    "message.timestamp.type": "CreateTime",
+    "retention.ms": "3600000",
+    "segment.bytes": "1048576",
+}
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
+def test_unimplemented_topic_configs_are_refused_at_create_and_alter(server):
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+
+    admin = AdminClient({"bootstrap.servers": server.bootstrap})
+
+    def error_of(future):
+        with pytest.raises(KafkaException) as e:
+            future.result(10)
+        return e.value.args[0]
+
+    for name, value in UNIMPLEMENTED:
+        err = error_of(admin.create_topics([NewTopic("unimpl", 1, 1, config={name: value})])["unimpl"])
+        assert err.code() == KafkaError.INVALID_CONFIG, (name, err)
+        assert "does not implement" in err.str(), err
+    assert "unimpl" not in admin.list_topics(timeout=10).topics
+
+    admin.create_topics([NewTopic("impl", 1, 1, config=IMPLEMENTED)])["impl"].result(10)
+    res = ConfigResource(ConfigResource.Type.TOPIC, "impl")
+    configs = admin.describe_configs([res])[res].result(10)
+    for name, value in IMPLEMENTED.items():
+        assert configs[name].value == value, name
+
+    for name, value in UNIMPLEMENTED:
+        # IncrementalAlterConfigs
+        inc = ConfigResource(
+            ConfigResource.Type.TOPIC,
+            "impl",
+            incremental_configs=[ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)],
+        )
+        err = error_of(admin.incremental_alter_configs([inc])[inc])
+        assert err.code() == KafkaError.INVALID_CONFIG, (name, err)
+        # The legacy AlterConfigs
+        legacy = ConfigResource(ConfigResource.Type.TOPIC, "impl", set_config={**IMPLEMENTED, name: value})
+        err = error_of(admin.alter_configs([legacy])[legacy])
+        assert err.code() == KafkaError.INVALID_CONFIG, (name, err)
+    configs = admin.describe_configs([res])[res].result(10)
+    assert configs["compression.type"].value == "producer"
+
+    inc = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        "impl",
+        incremental_configs=[ConfigEntry("delete.retention.ms", "2000", incremental_operation=AlterConfigOpType.SET)],
+    )
+    admin.incremental_alter_configs([inc])[inc].result(10)
+    configs = admin.describe_configs([res])[res].result(10)
+    assert configs["delete.retention.ms"].value == "2000"
