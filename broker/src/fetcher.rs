@@ -476,7 +476,15 @@ impl LeaderFetcher {
             return PartitionOutcome::Done; // stale: the partition moved on
         }
         if let Some(records) = data.records.as_ref().filter(|r| !r.is_empty()) {
-            if let Err(e) = state.log.append_as_follower(records) {
+            let appended = if state
+                .log
+                .append_may_sync(records.len(), crate::replica::now_ms())
+            {
+                crate::replica::may_block(|| state.log.append_as_follower(records))
+            } else {
+                state.log.append_as_follower(records)
+            };
+            if let Err(e) = appended {
                 warn!(topic = %partition.topic, partition = partition.index, error = %e, "appending fetched records failed");
                 return PartitionOutcome::Delay;
             }

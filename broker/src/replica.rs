@@ -103,6 +103,19 @@ pub fn cleanup_policy(value: &str) -> Option<(bool, bool)> {
     Some((delete, compact))
 }
 
+/// Runs `work`, which may block on disk I/O, on an async runtime's worker:
+/// on a multi-threaded runtime the worker's other tasks move elsewhere
+/// meanwhile, so heartbeats and other requests are not held up behind it.
+pub fn may_block<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// The high watermark: the smallest log end offset among the in-sync replicas.
 /// `follower_ends` holds the fetch positions of in-sync followers.
 pub fn high_watermark(leader_end: i64, follower_ends: &[i64]) -> i64 {
@@ -851,6 +864,7 @@ impl ReplicaManager {
         let mut guard = removed.as_ref().map(|p| p.state());
         if let Some(state) = guard.as_mut() {
             state.deleted = true;
+            state.log.stop_checkpoint_writes();
         }
         let dir = self.partition_dir(topic, index);
         match read_marker(&dir) {
@@ -946,9 +960,29 @@ impl ReplicaManager {
     pub fn flush_due_logs(&self) {
         let now = now_ms();
         for partition in self.partitions() {
-            if let Err(e) = partition.state().log.flush_if_due(now) {
-                warn!(topic = %partition.topic, partition = partition.index, error = %e, "flush failed");
+            if partition.state().log.flush_due(now) {
+                self.checkpoint_partition(&partition);
             }
+        }
+    }
+
+    /// Flushes a partition's log and writes its checkpoints with the
+    /// partition's lock held only to capture and to record: produce and
+    /// fetch never wait behind an fsync.
+    fn checkpoint_partition(&self, partition: &Partition) {
+        let pending = {
+            let mut state = partition.state();
+            if state.deleted {
+                return;
+            }
+            state.log.begin_checkpoint()
+        };
+        let result = pending.and_then(|pending| {
+            let written = pending.write();
+            partition.state().log.end_checkpoint(pending, written)
+        });
+        if let Err(e) = result {
+            warn!(topic = %partition.topic, partition = partition.index, error = %e, "checkpoint failed");
         }
     }
 
@@ -998,12 +1032,10 @@ impl ReplicaManager {
         }
     }
 
-    /// Persists high watermarks and log start offsets.
+    /// Flushes logs and persists high watermarks and log start offsets.
     pub fn checkpoint(&self) {
         for partition in self.partitions() {
-            if let Err(e) = partition.state().log.checkpoint() {
-                warn!(topic = %partition.topic, partition = partition.index, error = %e, "checkpoint failed");
-            }
+            self.checkpoint_partition(&partition);
         }
     }
 

@@ -165,6 +165,10 @@ impl<E: Entry> IndexFile<E> {
         Ok(())
     }
 
+    fn sync_handle(&self) -> Result<File, StorageError> {
+        Ok(self.file.try_clone()?)
+    }
+
     fn delete(self) -> Result<(), StorageError> {
         drop(self.file);
         match fs::remove_file(&self.path) {
@@ -235,6 +239,11 @@ impl OffsetIndex {
         self.0.flush()
     }
 
+    /// A handle to fsync the index through without its owner's lock.
+    pub fn sync_handle(&self) -> Result<File, StorageError> {
+        self.0.sync_handle()
+    }
+
     pub fn delete(self) -> Result<(), StorageError> {
         self.0.delete()
     }
@@ -299,6 +308,11 @@ impl TimeIndex {
 
     pub fn flush(&self) -> Result<(), StorageError> {
         self.0.flush()
+    }
+
+    /// A handle to fsync the index through without its owner's lock.
+    pub fn sync_handle(&self) -> Result<File, StorageError> {
+        self.0.sync_handle()
     }
 
     pub fn delete(self) -> Result<(), StorageError> {

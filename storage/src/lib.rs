@@ -17,7 +17,8 @@ pub mod segment;
 pub use error::StorageError;
 pub use log::cleaner::{CleanOutput, CleanPlan, CleanStats};
 pub use log::{
-    sync_dir, wall_clock_ms, write_atomic, AppendInfo, LogConfig, PartitionLog, ReadResult,
+    sync_dir, wall_clock_ms, write_atomic, AppendInfo, LogConfig, PartitionLog, PendingCheckpoint,
+    ReadResult,
 };
 
 #[cfg(feature = "raft-store")]

@@ -20,6 +20,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
 
@@ -183,6 +184,11 @@ pub struct PartitionLog {
     /// Set when a failed append could not be undone: appends are refused
     /// until the log is reopened.
     failed: Option<String>,
+    /// Numbers each write of the checkpoint or producer-snapshot file, so
+    /// one prepared under the lock and written without it never lands over
+    /// a newer one. The mutex holds the number of the last write made.
+    checkpoint_seq: u64,
+    checkpoint_files: Arc<Mutex<u64>>,
     /// Where the clean part of a compacted log ends.
     cleaner: cleaner::CleanerCheckpoint,
     /// Bumped whenever segments are removed or cut (retention, truncation,
@@ -218,6 +224,51 @@ fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
         high_watermark: hw?,
         log_start_offset: ls?,
     })
+}
+
+/// A checkpoint taken from a log under its lock, to be made durable
+/// without it: the segment data written so far, then the checkpoint and
+/// producer-snapshot files (see [`PartitionLog::begin_checkpoint`]).
+pub struct PendingCheckpoint {
+    dir: PathBuf,
+    /// Handles on the files with unflushed writes.
+    unflushed: Vec<File>,
+    flushed_to: i64,
+    started_ms: i64,
+    generation: u64,
+    seq: u64,
+    files: Arc<Mutex<u64>>,
+    checkpoint: Option<(i64, i64)>,
+    snapshot: Option<(i64, Vec<u8>)>,
+}
+
+impl PendingCheckpoint {
+    /// fsyncs the data, then writes the checkpoint files unless a newer
+    /// write of them was made meanwhile. Returns whether they were written.
+    pub fn write(&self) -> Result<bool, StorageError> {
+        for file in &self.unflushed {
+            file.sync_data()?;
+        }
+        let mut last = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if *last > self.seq {
+            return Ok(false);
+        }
+        if let Some(state) = self.checkpoint {
+            write_atomic(
+                &self.dir.join(CHECKPOINT_FILE),
+                checkpoint_text(state).as_bytes(),
+            )?;
+        }
+        if let Some((_, bytes)) = &self.snapshot {
+            write_atomic(&self.dir.join(PRODUCER_SNAPSHOT_FILE), bytes)?;
+        }
+        *last = self.seq;
+        Ok(true)
+    }
+}
+
+fn checkpoint_text((high_watermark, log_start): (i64, i64)) -> String {
+    format!("0\nhigh_watermark {high_watermark}\nlog_start_offset {log_start}\n")
 }
 
 impl PartitionLog {
@@ -312,6 +363,8 @@ impl PartitionLog {
             recovery_point: log_end,
             last_flush_ms: wall_clock_ms(),
             failed: None,
+            checkpoint_seq: 0,
+            checkpoint_files: Arc::new(Mutex::new(0)),
             cleaner: cleaner::read_checkpoint(dir),
             generation: 0,
         };
@@ -1149,10 +1202,24 @@ impl PartitionLog {
 
     /// Removes the producer snapshot, durably: a snapshot that came back
     /// after the log changed under it would describe batches no longer there.
+    /// Takes the right to write the checkpoint files next: writes prepared
+    /// before this one will not land after it.
+    fn next_checkpoint_write(&mut self) -> (u64, MutexGuard<'_, u64>) {
+        self.checkpoint_seq += 1;
+        let mut last = self
+            .checkpoint_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *last = self.checkpoint_seq;
+        (self.checkpoint_seq, last)
+    }
+
     fn discard_producer_snapshot(&mut self) -> Result<(), StorageError> {
         self.snapshot_offset = None;
-        match fs::remove_file(self.dir.join(PRODUCER_SNAPSHOT_FILE)) {
-            Ok(()) => sync_dir(&self.dir),
+        let dir = self.dir.clone();
+        let (_, _files) = self.next_checkpoint_write();
+        match fs::remove_file(dir.join(PRODUCER_SNAPSHOT_FILE)) {
+            Ok(()) => sync_dir(&dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -1163,11 +1230,10 @@ impl PartitionLog {
         if self.checkpointed == Some(state) {
             return Ok(());
         }
-        let text = format!(
-            "0\nhigh_watermark {}\nlog_start_offset {}\n",
-            state.0, state.1
-        );
-        write_atomic(&self.dir.join(CHECKPOINT_FILE), text.as_bytes())?;
+        let path = self.dir.join(CHECKPOINT_FILE);
+        let (_, files) = self.next_checkpoint_write();
+        write_atomic(&path, checkpoint_text(state).as_bytes())?;
+        drop(files);
         self.checkpointed = Some(state);
         Ok(())
     }
@@ -1199,8 +1265,7 @@ impl PartitionLog {
     /// `flush.ms`: flushes if something is unflushed and the last flush is
     /// at least `flush_ms` old. Returns true if it flushed.
     pub fn flush_if_due(&mut self, now_ms: i64) -> Result<bool, StorageError> {
-        let due = self.unflushed_messages() > 0
-            && now_ms.saturating_sub(self.last_flush_ms) >= self.config.flush_ms;
+        let due = self.flush_due(now_ms);
         if due {
             self.flush()?;
         }
@@ -1211,14 +1276,105 @@ impl PartitionLog {
     /// log start offset, and a producer-state snapshot (so the next open need
     /// not rescan the whole log). Writes nothing that has not changed.
     pub fn checkpoint(&mut self) -> Result<(), StorageError> {
-        self.flush()?;
-        self.write_checkpoint()?;
+        let pending = self.begin_checkpoint()?;
+        let written = pending.write();
+        self.end_checkpoint(pending, written)
+    }
+
+    /// The first half of [`PartitionLog::checkpoint`], for a caller that holds
+    /// the log under a lock: captures what to fsync and write. The caller
+    /// runs [`PendingCheckpoint::write`] without the lock, then hands the
+    /// result to [`PartitionLog::end_checkpoint`] under it again.
+    pub fn begin_checkpoint(&mut self) -> Result<PendingCheckpoint, StorageError> {
+        let mut unflushed = Vec::new();
+        for i in 0..self.segments.len() {
+            match self.segments[i].take_unflushed() {
+                Ok(handles) => unflushed.extend(handles),
+                Err(e) => {
+                    self.segments.iter_mut().for_each(Segment::mark_unflushed);
+                    return Err(e);
+                }
+            }
+        }
         let log_end = self.log_end_offset();
+        let state = (self.high_watermark, self.log_start_offset);
+        let checkpoint = (self.checkpointed != Some(state)).then_some(state);
         let want_snapshot = !self.producers.is_empty() || self.snapshot_offset.is_some();
-        if want_snapshot && self.snapshot_offset != Some(log_end) {
-            let bytes = self.producers.encode_snapshot(log_end);
-            write_atomic(&self.dir.join(PRODUCER_SNAPSHOT_FILE), &bytes)?;
-            self.snapshot_offset = Some(log_end);
+        let snapshot = (want_snapshot && self.snapshot_offset != Some(log_end))
+            .then(|| (log_end, self.producers.encode_snapshot(log_end)));
+        self.checkpoint_seq += 1;
+        Ok(PendingCheckpoint {
+            dir: self.dir.clone(),
+            unflushed,
+            flushed_to: log_end,
+            started_ms: wall_clock_ms(),
+            generation: self.generation,
+            seq: self.checkpoint_seq,
+            files: self.checkpoint_files.clone(),
+            checkpoint,
+            snapshot,
+        })
+    }
+
+    /// No checkpoint prepared earlier writes its files any more: the log's
+    /// directory is about to be renamed away, and a new one may take its name.
+    pub fn stop_checkpoint_writes(&mut self) {
+        *self
+            .checkpoint_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = u64::MAX;
+    }
+
+    /// Whether appending `bytes` now may fsync (a segment roll seals the old
+    /// segment, `flush.messages` flushes): a caller on an async runtime's
+    /// worker lets the runtime know it may block.
+    pub fn append_may_sync(&self, bytes: usize, now_ms: i64) -> bool {
+        let seg = self.active();
+        self.config.flush_messages != i64::MAX
+            || seg.size() + bytes as u64 > self.config.segment_bytes
+            || seg
+                .created_ms()
+                .is_some_and(|c| now_ms.saturating_sub(c) >= self.config.segment_ms)
+    }
+
+    /// `flush.ms`: something is unflushed and the last flush is at least
+    /// `flush_ms` old.
+    pub fn flush_due(&self, now_ms: i64) -> bool {
+        self.unflushed_messages() > 0
+            && now_ms.saturating_sub(self.last_flush_ms) >= self.config.flush_ms
+    }
+
+    /// Records what a [`PendingCheckpoint`] made durable. A flush that
+    /// failed leaves every segment to be flushed again; one that raced a
+    /// truncation or a swap moves no recovery point.
+    pub fn end_checkpoint(
+        &mut self,
+        pending: PendingCheckpoint,
+        written: Result<bool, StorageError>,
+    ) -> Result<(), StorageError> {
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                self.segments.iter_mut().for_each(Segment::mark_unflushed);
+                return Err(e);
+            }
+        };
+        let unchanged = pending.generation == self.generation;
+        if unchanged {
+            self.recovery_point = self
+                .recovery_point
+                .max(pending.flushed_to.min(self.log_end_offset()));
+            self.last_flush_ms = pending.started_ms;
+        }
+        if written {
+            if let Some(state) = pending.checkpoint {
+                self.checkpointed = Some(state);
+            }
+            if let Some((offset, _)) = pending.snapshot {
+                if unchanged {
+                    self.snapshot_offset = Some(offset);
+                }
+            }
         }
         Ok(())
     }

@@ -811,6 +811,27 @@ impl Segment {
         self.flush()
     }
 
+    /// Handles to fsync everything written since the last flush through, so
+    /// the fsync can run without the log's lock. The segment counts as
+    /// flushed from now on; [`Segment::mark_unflushed`] undoes that if the
+    /// fsync then fails.
+    pub fn take_unflushed(&mut self) -> Result<Vec<crate::fs::File>, StorageError> {
+        if !self.dirty {
+            return Ok(Vec::new());
+        }
+        let handles = vec![
+            self.file.try_clone()?,
+            self.offset_index.sync_handle()?,
+            self.time_index.sync_handle()?,
+        ];
+        self.dirty = false;
+        Ok(handles)
+    }
+
+    pub fn mark_unflushed(&mut self) {
+        self.dirty = true;
+    }
+
     /// fsyncs the `.log` and the indexes if anything was written since the
     /// last flush.
     pub fn flush(&mut self) -> Result<(), StorageError> {

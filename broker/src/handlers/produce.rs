@@ -154,7 +154,14 @@ fn append(broker: &Broker, topic: &str, index: i32, records: Option<&[u8]>, acks
         }
     }
     let epoch = state.leader_epoch;
-    match state.log.append_as_leader(records, epoch, now_ms()) {
+    let now = now_ms();
+    let appended = if state.log.append_may_sync(records.len(), now) {
+        // A roll or flush.messages fsyncs: other tasks move off this worker.
+        crate::replica::may_block(|| state.log.append_as_leader(records, epoch, now))
+    } else {
+        state.log.append_as_leader(records, epoch, now)
+    };
+    match appended {
         Ok(info) => {
             if !info.duplicate {
                 metrics::counter!("sluice_messages_in_total")

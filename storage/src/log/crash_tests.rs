@@ -750,3 +750,76 @@ fn a_failed_append_that_cannot_be_undone_stops_appends() {
 fn active_segment(log: &PartitionLog) -> PathBuf {
     log.active().log_path().to_path_buf()
 }
+
+fn values(n: usize) -> Vec<u8> {
+    let mut b = crate::batch::BatchBuilder::new(1000);
+    for _ in 0..n {
+        b = b.record(1000, Some(b"k"), Some(&[b'v'; 200]));
+    }
+    b.build()
+}
+
+/// A checkpoint prepared under the lock and written without it makes
+/// durable what it captured, though the log went on taking appends between.
+#[test]
+fn a_checkpoint_written_without_the_lock_makes_what_it_captured_durable() {
+    let dir = crate::fs::sim::scratch_dir();
+    let disk = SimDisk::new(dir.path());
+    let config = LogConfig {
+        segment_bytes: 3000,
+        ..LogConfig::default()
+    };
+    let mut log = reopen(dir.path(), &config);
+    for _ in 0..12 {
+        log.append_as_leader(&values(2), 0, 0).unwrap();
+    }
+    log.set_high_watermark(20);
+    let captured_end = log.log_end_offset();
+    let pending = log.begin_checkpoint().unwrap();
+    // The log is free again: more appends land before the fsync runs.
+    for _ in 0..3 {
+        log.append_as_leader(&values(2), 0, 0).unwrap();
+    }
+    let written = pending.write();
+    assert_eq!(written.as_ref().ok(), Some(&true));
+    log.end_checkpoint(pending, written).unwrap();
+    assert_eq!(
+        log.unflushed_messages(),
+        log.log_end_offset() - captured_end
+    );
+    crash(log);
+    disk.power_loss(Outcome::Worst);
+    let log = reopen(dir.path(), &config);
+    assert!(
+        log.log_end_offset() >= captured_end,
+        "lost data the checkpoint had made durable: log end {} < {captured_end}",
+        log.log_end_offset()
+    );
+    assert_eq!(log.high_watermark(), 20);
+}
+
+/// A checkpoint prepared before a newer write of the checkpoint file (a log
+/// start moved by DeleteRecords or retention) never lands over it: the log
+/// start does not go back at the next open.
+#[test]
+fn a_stale_checkpoint_never_lands_over_a_newer_one() {
+    let dir = crate::fs::sim::scratch_dir();
+    let config = LogConfig {
+        segment_bytes: 3000,
+        ..LogConfig::default()
+    };
+    let mut log = reopen(dir.path(), &config);
+    for _ in 0..20 {
+        log.append_as_leader(&values(2), 0, 0).unwrap();
+    }
+    log.set_high_watermark(40);
+    let pending = log.begin_checkpoint().unwrap();
+    log.advance_log_start(9).unwrap();
+    let written = pending.write();
+    assert_eq!(written.as_ref().ok(), Some(&false));
+    log.end_checkpoint(pending, written).unwrap();
+    crash(log);
+    let log = reopen(dir.path(), &config);
+    assert_eq!(log.log_start_offset(), 9);
+    assert_eq!(log.high_watermark(), 40);
+}
