@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::handlers::Broker;
 use crate::kafka_client::{ClientError, KafkaClient};
-use crate::replica::{Partition, TopicPartition};
+use crate::replica::{may_block, Partition, TopicPartition};
 
 /// The highest Fetch version a follower uses: topics by name.
 const FETCH_VERSION: i16 = 12;
@@ -253,7 +253,7 @@ impl LeaderFetcher {
                     let mut state = partition.state();
                     if state.leader_epoch == epoch && state.needs_truncation {
                         let hw = state.log.high_watermark();
-                        if let Err(e) = state.log.truncate_to(hw) {
+                        if let Err(e) = may_block(|| state.log.truncate_to(hw)) {
                             warn!(topic = %partition.topic, partition = partition.index, error = %e, "truncation failed");
                             drop(state);
                             self.delay(partition, epoch);
@@ -357,7 +357,7 @@ impl LeaderFetcher {
                     truncate_to = target,
                     "truncating a divergent log tail"
                 );
-                if let Err(e) = state.log.truncate_to(target) {
+                if let Err(e) = may_block(|| state.log.truncate_to(target)) {
                     warn!(topic = %partition.topic, partition = partition.index, error = %e, "truncation failed");
                     drop(state);
                     self.delay(&partition, epoch);
@@ -480,7 +480,7 @@ impl LeaderFetcher {
                 .log
                 .append_may_sync(records.len(), crate::replica::now_ms())
             {
-                crate::replica::may_block(|| state.log.append_as_follower(records))
+                may_block(|| state.log.append_as_follower(records))
             } else {
                 state.log.append_as_follower(records)
             };
@@ -492,7 +492,7 @@ impl LeaderFetcher {
         let log_end = state.log.log_end_offset();
         if data.log_start_offset > state.log.log_start_offset() && data.log_start_offset <= log_end
         {
-            if let Err(e) = state.log.advance_log_start(data.log_start_offset) {
+            if let Err(e) = may_block(|| state.log.advance_log_start(data.log_start_offset)) {
                 warn!(topic = %partition.topic, partition = partition.index, error = %e, "cannot follow the leader's log start");
             }
         }
@@ -531,10 +531,10 @@ impl LeaderFetcher {
         let log_end = state.log.log_end_offset();
         let result = if leader_end < log_end {
             warn!(topic = %partition.topic, partition = partition.index, leader_end, log_end, "the local log is ahead of the leader's; truncating");
-            state.log.truncate_to(leader_end)
+            may_block(|| state.log.truncate_to(leader_end))
         } else if leader_start > log_end {
             info!(topic = %partition.topic, partition = partition.index, leader_start, log_end, "the leader's log starts past ours; starting over there");
-            state.log.truncate_fully_and_start_at(leader_start)
+            may_block(|| state.log.truncate_fully_and_start_at(leader_start))
         } else {
             // In range by now (the leader moved); fetch again after a pause.
             drop(state);
