@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use sluice_broker::controller_client::{follow_metadata_log, RemoteController};
 use sluice_broker::controller_service::{ControllerService, StreamAcceptor};
 use sluice_broker::lifecycle::{BrokerLifecycle, ImageWatch};
+use sluice_broker::local_controller::LocalController;
 use sluice_broker::{server, Broker, BrokerConfig, GroupConfig, GroupCoordinator, ReplicaManager};
 use sluice_controller::quorum::serve_peer_stream;
 use sluice_controller::{Controller, ControllerConfig, TopicDefaults};
@@ -238,7 +239,11 @@ pub async fn run(settings: Settings) -> Result<()> {
 
         let (controller_api, image): (Arc<dyn ControllerApi>, _) = match (&controller, standalone) {
             (Some(c), true) => (
-                c.clone() as Arc<dyn ControllerApi>,
+                Arc::new(LocalController::new(
+                    c.clone(),
+                    c.subscribe_image(),
+                    standalone_image.subscribe(),
+                )) as Arc<dyn ControllerApi>,
                 standalone_image.subscribe(),
             ),
             _ => {

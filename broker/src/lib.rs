@@ -11,6 +11,7 @@ mod handlers;
 pub mod isr;
 pub mod kafka_client;
 pub mod lifecycle;
+pub mod local_controller;
 pub mod memory;
 #[cfg(test)]
 mod memory_tests;
