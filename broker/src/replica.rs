@@ -847,12 +847,12 @@ impl ReplicaManager {
                 _ => None,
             }
         };
-        if self
-            .offline()
-            .get(&key)
-            .is_some_and(|o| o.topic_id == topic_id)
-        {
-            self.offline().remove(&key);
+        let was_offline = {
+            let mut offline = self.offline();
+            let ours = offline.get(&key).is_some_and(|o| o.topic_id == topic_id);
+            ours && offline.remove(&key).is_some()
+        };
+        if was_offline {
             self.offline_gauge();
         }
         if let Some(partition) = &removed {

@@ -1,29 +1,19 @@
 //! Concurrent controller operations share Raft entries, and each still
 //! gets the answer it would have had alone.
 
+use sluice_controller::Controller;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use sluice_controller::{Controller, ControllerConfig, TopicDefaults};
+mod common;
+
+use common::standalone_controller;
 use sluice_metadata::controller_api::ControllerApi;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_operations_are_committed_together() {
     let dir = tempfile::tempdir().unwrap();
-    let config = ControllerConfig::standalone(
-        1,
-        dir.path().to_path_buf(),
-        TopicDefaults {
-            num_partitions: 1,
-            replication_factor: 1,
-        },
-    );
-    let controller = Controller::start(config, Vec::new()).unwrap();
-    controller
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .unwrap();
+    let controller = standalone_controller(dir.path(), 1, |_| {}).await;
     let before = controller.quorum().status().commit_index;
 
     let calls: Vec<_> = (0..200)

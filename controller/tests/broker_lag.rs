@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use sluice_controller::{Controller, ControllerConfig, TopicDefaults};
-use sluice_metadata::controller_api::{
-    BrokerHeartbeat, BrokerRegistrationRequest, ControllerApi, HeartbeatReply, NewTopic,
-};
-use sluice_metadata::{Endpoint, Uuid};
+mod common;
+
+use common::{register, standalone_controller};
+use sluice_controller::Controller;
+use sluice_metadata::controller_api::{BrokerHeartbeat, ControllerApi, HeartbeatReply, NewTopic};
 
 const SESSION: Duration = Duration::from_millis(1500);
 
@@ -29,33 +29,11 @@ async fn heartbeat(controller: &Controller, epoch: i64, offset: u64) -> Heartbea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_whose_metadata_stays_behind_is_fenced_until_it_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ControllerConfig::standalone(
-        1,
-        dir.path().to_path_buf(),
-        TopicDefaults {
-            num_partitions: 1,
-            replication_factor: 1,
-        },
-    );
-    config.broker_session_timeout = SESSION;
-    let controller = Controller::start(config, Vec::new()).unwrap();
-    controller
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .unwrap();
-    let epoch = controller
-        .register_broker(BrokerRegistrationRequest {
-            broker_id: 1,
-            incarnation_id: Uuid::new_v4(),
-            endpoints: vec![Endpoint {
-                listener: "PLAINTEXT".into(),
-                host: "127.0.0.1".into(),
-                port: 9092,
-            }],
-            rack: None,
-        })
-        .await
-        .unwrap();
+    let controller = standalone_controller(dir.path(), 1, |config| {
+        config.broker_session_timeout = SESSION;
+    })
+    .await;
+    let epoch = register(&controller, 1).await;
     let reply = heartbeat(&controller, epoch, controller.image().offset).await;
     assert!(!reply.is_fenced && reply.is_caught_up, "{reply:?}");
 

@@ -3,50 +3,27 @@
 //! bounded because snapshots keep only the latest offset per partition.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+mod common;
+
+use common::{register, standalone_controller};
 use sluice_controller::quorum::RAFT_LOG_DIR;
-use sluice_controller::{Controller, ControllerConfig, TopicDefaults};
+use sluice_controller::Controller;
 use sluice_metadata::controller_api::{
-    BrokerHeartbeat, BrokerRegistrationRequest, ControllerApi, GroupWrite, GroupWriter,
-    MetadataLogSource, NewTopic,
+    BrokerHeartbeat, ControllerApi, GroupWrite, GroupWriter, MetadataLogSource, NewTopic,
 };
-use sluice_metadata::{
-    decode_batch, Endpoint, MetadataRecord, PartitionOffset, TopicOffsets, Uuid,
-};
+use sluice_metadata::{decode_batch, MetadataRecord, PartitionOffset, TopicOffsets};
 use sluice_storage::raft_store::RaftLogStore;
 
 const PARTITIONS: i32 = 4;
 
 /// A standalone controller with one unfenced broker and a topic.
 async fn controller_with_topic(dir: &std::path::Path) -> (Arc<Controller>, GroupWriter) {
-    let mut config = ControllerConfig::standalone(
-        1,
-        dir.to_path_buf(),
-        TopicDefaults {
-            num_partitions: PARTITIONS,
-            replication_factor: 1,
-        },
-    );
-    config.snapshot_every_entries = 200;
-    let controller = Controller::start(config, Vec::new()).unwrap();
-    controller
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .unwrap();
-    let broker_epoch = controller
-        .register_broker(BrokerRegistrationRequest {
-            broker_id: 1,
-            incarnation_id: Uuid::new_v4(),
-            endpoints: vec![Endpoint {
-                listener: "PLAINTEXT".into(),
-                host: "127.0.0.1".into(),
-                port: 9092,
-            }],
-            rack: None,
-        })
-        .await
-        .unwrap();
+    let controller = standalone_controller(dir, PARTITIONS, |config| {
+        config.snapshot_every_entries = 200;
+    })
+    .await;
+    let broker_epoch = register(&controller, 1).await;
     let reply = controller
         .broker_heartbeat(BrokerHeartbeat {
             broker_id: 1,

@@ -312,11 +312,17 @@ impl MetadataDelta {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::records::*;
 
-    fn topic(name: &str, id: Uuid, partitions: i32, replicas: Vec<i32>) -> Vec<MetadataRecord> {
+    /// A topic's records: the topic and `partitions` partitions on `replicas`.
+    pub(crate) fn topic(
+        name: &str,
+        id: Uuid,
+        partitions: i32,
+        replicas: Vec<i32>,
+    ) -> Vec<MetadataRecord> {
         let mut records = vec![MetadataRecord::Topic(TopicRecord {
             name: name.into(),
             topic_id: id,

@@ -172,6 +172,8 @@ impl MetadataLoader {
             return;
         }
         self.caught_up = true;
+        // The delta is only what publishers read the changes from; the image
+        // it leads to is the one already built.
         let mut delta = MetadataDelta::new(MetadataImage::empty());
         if let Err(e) = delta.replay_all(&self.image.to_records()) {
             // The image was built by replaying records; its own records
@@ -179,15 +181,14 @@ impl MetadataLoader {
             tracing::error!(error = %e, "the caught-up metadata image does not replay; not published");
             return;
         }
-        let image = delta.apply(self.image.offset);
-        self.publishing.publish(delta, &image);
-        self.image = image;
+        self.publishing.publish(delta, &self.image);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delta::tests::topic;
     use crate::records::*;
     use std::sync::Mutex;
     use uuid::Uuid;
@@ -246,24 +247,6 @@ mod tests {
         }
     }
 
-    fn topic_records(name: &str, id: Uuid) -> Vec<MetadataRecord> {
-        vec![
-            MetadataRecord::Topic(TopicRecord {
-                name: name.into(),
-                topic_id: id,
-            }),
-            MetadataRecord::Partition(PartitionRecord {
-                topic_id: id,
-                partition: 0,
-                replicas: vec![1],
-                isr: vec![1],
-                leader: 1,
-                leader_epoch: 0,
-                partition_epoch: 0,
-            }),
-        ]
-    }
-
     #[test]
     fn history_replayed_on_restart_is_published_as_the_caught_up_image_only() {
         let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
@@ -271,7 +254,7 @@ mod tests {
         let mut loader = MetadataLoader::new(vec![changes.clone()]);
         loader.set_committed_offset(3);
         loader
-            .load_entry(1, &encode_batch(&topic_records("t", old)))
+            .load_entry(1, &encode_batch(&topic("t", old, 1, vec![1])))
             .unwrap();
         let remove = MetadataRecord::RemoveTopic(RemoveTopicRecord { topic_id: old });
         loader.load_entry(2, &encode_batch(&[remove])).unwrap();
@@ -281,7 +264,7 @@ mod tests {
             "history was published"
         );
         loader
-            .load_entry(3, &encode_batch(&topic_records("t", new)))
+            .load_entry(3, &encode_batch(&topic("t", new, 1, vec![1])))
             .unwrap();
         assert!(loader.is_caught_up());
 

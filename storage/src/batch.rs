@@ -509,11 +509,26 @@ fn read_bytes<'a>(buf: &'a [u8], pos: &mut usize) -> Option<Option<&'a [u8]>> {
 /// it is).
 pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
     let header = BatchHeader::parse(batch).ok()?;
+    let mut out = Vec::with_capacity(usize::try_from(header.records_count).ok()?.min(4096));
+    visit_records(batch, |record| {
+        out.push(record);
+        true
+    })?;
+    Some(out)
+}
+
+/// Calls `visit` with each record of an uncompressed batch, in order, until
+/// it returns false. Returns whether every record was visited; `None` if the
+/// batch is compressed or a record does not parse.
+fn visit_records<'a>(
+    batch: &'a [u8],
+    mut visit: impl FnMut(RecordView<'a>) -> bool,
+) -> Option<bool> {
+    let header = BatchHeader::parse(batch).ok()?;
     if header.compression() != 0 || header.size() > batch.len() {
         return None;
     }
     let body = &batch[..header.size()];
-    let mut out = Vec::with_capacity(usize::try_from(header.records_count).ok()?.min(4096));
     let mut pos = HEADER_SIZE;
     for _ in 0..header.records_count {
         let length = usize::try_from(read_varint(body, &mut pos)?).ok()?;
@@ -526,7 +541,8 @@ pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
         let offset_delta = read_varint(rec, &mut at)?;
         let key = read_bytes(rec, &mut at)?;
         let value = read_bytes(rec, &mut at)?;
-        out.push(RecordView {
+        pos = end;
+        let more = visit(RecordView {
             attributes,
             timestamp_delta,
             offset_delta,
@@ -534,9 +550,11 @@ pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
             value,
             tail: &rec[tail_start..],
         });
-        pos = end;
+        if !more {
+            return Some(false);
+        }
     }
-    (pos == body.len()).then_some(out)
+    (pos == body.len()).then_some(true)
 }
 
 /// Appends `record` to `out` as a record of a batch whose base timestamp
@@ -598,7 +616,14 @@ pub fn rebuild_batch(
 /// True if an uncompressed batch holds a record without a key (compacted
 /// topics refuse them). Compressed batches are not read.
 pub fn has_keyless_record(batch: &[u8]) -> bool {
-    records(batch).is_some_and(|rs| rs.iter().any(|r| r.key.is_none()))
+    // On the produce path of compacted topics: stop at the first keyless
+    // record, and build no list of records.
+    let mut keyless = false;
+    visit_records(batch, |record| {
+        keyless = record.key.is_none();
+        !keyless
+    });
+    keyless
 }
 
 /// Reads one zigzag varint (Kafka's record encoding) at `*pos`.

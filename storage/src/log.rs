@@ -1200,8 +1200,6 @@ impl PartitionLog {
         self.segments.len() > 1 && self.segments[1].base_offset() <= self.high_watermark
     }
 
-    /// Removes the producer snapshot, durably: a snapshot that came back
-    /// after the log changed under it would describe batches no longer there.
     /// Takes the right to write the checkpoint files next: writes prepared
     /// before this one will not land after it.
     fn next_checkpoint_write(&mut self) -> (u64, MutexGuard<'_, u64>) {
@@ -1214,6 +1212,8 @@ impl PartitionLog {
         (self.checkpoint_seq, last)
     }
 
+    /// Removes the producer snapshot, durably: a snapshot that came back
+    /// after the log changed under it would describe batches no longer there.
     fn discard_producer_snapshot(&mut self) -> Result<(), StorageError> {
         self.snapshot_offset = None;
         let dir = self.dir.clone();

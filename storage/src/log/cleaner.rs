@@ -507,8 +507,13 @@ impl CleanPlan {
                 for r in batch::records(bytes).unwrap_or_default() {
                     let offset = h.base_offset + r.offset_delta;
                     if let (Some(key), true) = (r.key, offset >= self.first_dirty) {
-                        if map.insert(key.to_vec(), offset).is_none() {
-                            map_bytes += key.len() + MAP_ENTRY_OVERHEAD;
+                        // Most keys recur: copy a key only the first time.
+                        match map.get_mut(key) {
+                            Some(latest) => *latest = offset,
+                            None => {
+                                map.insert(key.to_vec(), offset);
+                                map_bytes += key.len() + MAP_ENTRY_OVERHEAD;
+                            }
                         }
                     }
                 }
@@ -663,6 +668,8 @@ impl CleanPlan {
         let mtime = group.iter().map(|s| s.last_modified_ms).max().unwrap_or(0);
         if mtime > 0 {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(mtime as u64);
+            // Only the mtime changes, which the test file system does not
+            // model: std's handle, which can set it.
             let r = std::fs::File::options()
                 .write(true)
                 .open(seg.log_path())
