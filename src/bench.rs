@@ -65,6 +65,9 @@ pub enum BenchCommand {
     /// Offset commits per second through the metadata log, with many
     /// groups and partitions, against OffsetFetch as the baseline.
     Commits(crate::commit_bench::CommitBenchArgs),
+    /// How long a new ZooKeeper-mode controller takes to read the cluster
+    /// back, at each partition count.
+    ControllerReload(crate::reload_bench::ReloadArgs),
 }
 
 struct Measured {
@@ -86,6 +89,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     match args.command {
         Some(BenchCommand::Failover(failover)) => return crate::failover::run(failover).await,
         Some(BenchCommand::Commits(commits)) => return crate::commit_bench::run(commits).await,
+        Some(BenchCommand::ControllerReload(reload)) => {
+            return crate::reload_bench::run(reload).await
+        }
         None => {}
     }
     if let Some(rf) = args.compare_replication {

@@ -37,67 +37,76 @@ pub struct CommitBenchArgs {
     /// before the run: how commit speed holds up as a cluster's groups add up.
     #[arg(long, default_value_t = 0)]
     idle_groups: usize,
+    /// A topic of `partitions` partitions to commit for, made by the
+    /// caller; a new one when None.
+    #[arg(skip)]
+    topic: Option<String>,
 }
 
 /// Connections creating the idle groups at once.
 const IDLE_GROUP_WRITERS: usize = 32;
 
+impl CommitBenchArgs {
+    /// `groups` groups committing `partitions` offsets each, for `seconds`
+    /// per phase, against `bootstrap`.
+    /// `groups` groups committing for every partition of `topic` (which has
+    /// `partitions`), for `seconds` per phase, against `bootstrap`.
+    pub fn for_topic(
+        bootstrap: &str,
+        topic: &str,
+        partitions: i32,
+        groups: usize,
+        seconds: u64,
+    ) -> Self {
+        Self {
+            bootstrap_server: bootstrap.to_string(),
+            groups,
+            partitions,
+            seconds,
+            controller: None,
+            idle_groups: 0,
+            topic: Some(topic.to_string()),
+        }
+    }
+}
+
 /// One phase's result: offsets handled, and each request's latency in ms.
-struct Phase {
+pub struct Phase {
     seconds: f64,
     offsets: u64,
     latencies: Vec<f64>,
 }
 
 impl Phase {
-    fn offsets_per_sec(&self) -> f64 {
+    pub fn offsets_per_sec(&self) -> f64 {
         self.offsets as f64 / self.seconds
     }
     fn requests_per_sec(&self) -> f64 {
         self.latencies.len() as f64 / self.seconds
     }
-    fn percentile(&self, q: f64) -> f64 {
+    pub fn percentile(&self, q: f64) -> f64 {
         crate::bench::percentile(&self.latencies, q)
     }
 }
 
+/// What a run measured: reading offsets (the baseline), committing them,
+/// and the metadata log entries the commits took (when a controller was named).
+pub struct CommitFigures {
+    pub baseline: Phase,
+    pub commits: Phase,
+    pub entries: Option<i64>,
+}
+
 pub async fn run(args: CommitBenchArgs) -> Result<()> {
-    let topic = format!("sluice-commit-bench-{}", std::process::id());
-    crate::bench::create_topic(&args.bootstrap_server, &topic, args.partitions, -1).await?;
     println!(
         "sluice bench commits: {} groups x {} partitions, synchronous commits, {} s per phase",
         args.groups, args.partitions, args.seconds
     );
-    if args.idle_groups > 0 {
-        create_idle_groups(&args.bootstrap_server, &topic, args.idle_groups).await?;
-    }
-    let entries_before = log_end(&args).await;
-    let bench_args = args.clone();
-    let (baseline, commits) = tokio::task::spawn_blocking(move || -> Result<(Phase, Phase)> {
-        let clients = connect_groups(&bench_args, &topic)?;
-        let duration = Duration::from_secs(bench_args.seconds);
-        // Every group has offsets before the baseline reads them.
-        for (consumer, tpl) in clients.iter() {
-            consumer
-                .commit(&with_offsets(tpl, 0), CommitMode::Sync)
-                .context("first commit")?;
-        }
-        let baseline = run_phase(&clients, duration, |consumer, tpl, _| {
-            consumer
-                .committed_offsets(tpl.clone(), Duration::from_secs(30))
-                .map(|_| ())
-        });
-        let commits = run_phase(&clients, duration, |consumer, tpl, round| {
-            consumer.commit(&with_offsets(tpl, round), CommitMode::Sync)
-        });
-        Ok((baseline, commits))
-    })
-    .await??;
-    let entries = match (entries_before, log_end(&args).await) {
-        (Some(before), Some(after)) => Some(after - before),
-        _ => None,
-    };
-
+    let CommitFigures {
+        baseline,
+        commits,
+        entries,
+    } = measure(&args).await?;
     println!();
     println!(
         "{:<30} {:>12} {:>12} {:>9} {:>9} {:>9}",
@@ -105,7 +114,7 @@ pub async fn run(args: CommitBenchArgs) -> Result<()> {
     );
     for (name, phase) in [
         ("baseline: OffsetFetch", &baseline),
-        ("OffsetCommit (metadata log)", &commits),
+        ("OffsetCommit", &commits),
     ] {
         println!(
             "{:<30} {:>12.0} {:>12.0} {:>9.2} {:>9.2} {:>9.2}",
@@ -137,6 +146,52 @@ pub async fn run(args: CommitBenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs both phases on a topic of its own.
+pub async fn measure(args: &CommitBenchArgs) -> Result<CommitFigures> {
+    let topic = match &args.topic {
+        Some(topic) => topic.clone(),
+        None => {
+            let topic = format!("sluice-commit-bench-{}", std::process::id());
+            crate::bench::create_topic(&args.bootstrap_server, &topic, args.partitions, -1).await?;
+            topic
+        }
+    };
+    if args.idle_groups > 0 {
+        create_idle_groups(&args.bootstrap_server, &topic, args.idle_groups).await?;
+    }
+    let entries_before = log_end(args).await;
+    let bench_args = args.clone();
+    let (baseline, commits) = tokio::task::spawn_blocking(move || -> Result<(Phase, Phase)> {
+        let clients = connect_groups(&bench_args, &topic)?;
+        let duration = Duration::from_secs(bench_args.seconds);
+        // Every group has offsets before the baseline reads them.
+        for (consumer, tpl) in clients.iter() {
+            consumer
+                .commit(&with_offsets(tpl, 0), CommitMode::Sync)
+                .context("first commit")?;
+        }
+        let baseline = run_phase(&clients, duration, |consumer, tpl, _| {
+            consumer
+                .committed_offsets(tpl.clone(), Duration::from_secs(30))
+                .map(|_| ())
+        });
+        let commits = run_phase(&clients, duration, |consumer, tpl, round| {
+            consumer.commit(&with_offsets(tpl, round), CommitMode::Sync)
+        });
+        Ok((baseline, commits))
+    })
+    .await??;
+    let entries = match (entries_before, log_end(args).await) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    Ok(CommitFigures {
+        baseline,
+        commits,
+        entries,
+    })
 }
 
 /// Commits one offset for each of `count` new groups, from

@@ -26,7 +26,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientContext;
 
 use crate::bench::create_topic;
-use crate::cluster::{describe_quorum, LocalCluster};
+use crate::cluster::{describe_quorum, Coordination, LocalCluster, Spec};
 
 #[derive(Debug, Clone, Args)]
 pub struct FailoverArgs {
@@ -43,9 +43,36 @@ pub struct FailoverArgs {
     /// Where the cluster keeps its data (a temporary directory when omitted).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// `broker.session.timeout.ms` of the cluster (Kafka's default).
+    /// `broker.session.timeout.ms` of the KRaft cluster (Kafka's default).
     #[arg(long, default_value_t = 9000)]
     session_timeout_ms: u64,
+    /// `kraft`: a KRaft cluster alone. `zk`: a ZooKeeper-mode cluster (three
+    /// ZooKeeper servers), then the same runs on a KRaft cluster as the
+    /// baseline, reported side by side as ratios.
+    #[arg(long, value_enum, default_value_t = FailoverMode::Kraft)]
+    mode: FailoverMode,
+    /// `zookeeper.session.timeout.ms` of the ZooKeeper-mode cluster (Kafka's default).
+    #[arg(long, default_value_t = 18000)]
+    zk_session_timeout_ms: u64,
+    /// The first ZooKeeper client port, in ZooKeeper mode.
+    #[arg(long, default_value_t = 12181)]
+    zk_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailoverMode {
+    Kraft,
+    Zk,
+}
+
+/// The medians of one mode's runs, in ms.
+struct Medians {
+    /// Kill -9 of the leader broker until a message sent after it is acknowledged.
+    broker_ms: f64,
+    /// Until the new leader was in the metadata.
+    moved_ms: f64,
+    /// Kill -9 of the controller until a topic could be created again.
+    controller_ms: f64,
 }
 
 const TOPIC: &str = "failover-bench";
@@ -73,25 +100,110 @@ impl ProducerContext for AckContext {
 }
 
 pub async fn run(args: FailoverArgs) -> Result<()> {
+    match args.mode {
+        FailoverMode::Kraft => {
+            let kraft = run_mode(&args, FailoverMode::Kraft).await?;
+            println!(
+                "median unavailability after kill -9 of a leader broker: {:.0} ms ({:.2} of broker.session.timeout.ms + 1 s); the new leader was in the metadata after {:.0} ms",
+                kraft.broker_ms,
+                kraft.broker_ms / (args.session_timeout_ms as f64 + 1000.0),
+                kraft.moved_ms
+            );
+            println!(
+                "median unavailability after kill -9 of the active controller: {:.0} ms ({:.2} of 1 s)",
+                kraft.controller_ms,
+                kraft.controller_ms / 1000.0
+            );
+        }
+        FailoverMode::Zk => {
+            let zk = run_mode(&args, FailoverMode::Zk).await?;
+            let kraft = run_mode(&args, FailoverMode::Kraft).await?;
+            let mut table = crate::table::Table::new(&[
+                "median (ms)",
+                "ZooKeeper",
+                "KRaft",
+                "ZooKeeper / KRaft",
+            ]);
+            for (what, z, k) in [
+                (
+                    "leader broker killed: produce resumed",
+                    zk.broker_ms,
+                    kraft.broker_ms,
+                ),
+                (
+                    "leader broker killed: new leader in metadata",
+                    zk.moved_ms,
+                    kraft.moved_ms,
+                ),
+                (
+                    "controller killed: topic created",
+                    zk.controller_ms,
+                    kraft.controller_ms,
+                ),
+            ] {
+                table.row(vec![
+                    what.to_string(),
+                    format!("{z:.0}"),
+                    format!("{k:.0}"),
+                    format!("{:.2}", z / k),
+                ]);
+            }
+            println!();
+            println!(
+                "zookeeper.session.timeout.ms={}, broker.session.timeout.ms={}",
+                args.zk_session_timeout_ms, args.session_timeout_ms
+            );
+            print!("{}", table.render());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the kill-and-recover rounds on a fresh cluster of `mode`.
+async fn run_mode(args: &FailoverArgs, mode: FailoverMode) -> Result<Medians> {
     let temp = tempfile::tempdir()?;
     let dir = args
         .data_dir
         .clone()
+        .map(|d| d.join(format!("{mode:?}").to_lowercase()))
         .unwrap_or_else(|| temp.path().to_path_buf());
-    let overrides = vec![format!(
-        "broker.session.timeout.ms={}",
-        args.session_timeout_ms
-    )];
-    let mut cluster =
-        LocalCluster::start(args.controllers, args.brokers, &dir, args.port, &overrides)?;
+    let (coordination, overrides) = match mode {
+        FailoverMode::Kraft => (
+            Coordination::KRaft {
+                controllers: args.controllers,
+            },
+            vec![format!(
+                "broker.session.timeout.ms={}",
+                args.session_timeout_ms
+            )],
+        ),
+        FailoverMode::Zk => (
+            Coordination::ZooKeeper {
+                servers: 3,
+                first_port: args.zk_port,
+            },
+            vec![format!(
+                "zookeeper.session.timeout.ms={}",
+                args.zk_session_timeout_ms
+            )],
+        ),
+    };
+    let mut cluster = LocalCluster::launch(&Spec {
+        coordination,
+        brokers: args.brokers,
+        dir,
+        port: args.port,
+        metrics_port: None,
+        overrides,
+    })?;
     cluster.wait_serving(Duration::from_secs(120)).await?;
     let bootstrap = cluster.bootstrap();
     let first_broker = bootstrap.split(',').next().unwrap_or_default().to_string();
     let rf = args.brokers.min(3) as i16;
     create_topic(&first_broker, TOPIC, 1, rf).await?;
     println!(
-        "sluice bench failover: {} controllers, {} brokers, topic {TOPIC} RF={rf}, broker.session.timeout.ms={}, {} runs",
-        args.controllers, args.brokers, args.session_timeout_ms, args.runs
+        "sluice bench failover ({mode:?}): {} brokers, topic {TOPIC} RF={rf}, {} runs",
+        args.brokers, args.runs
     );
 
     let context = AckContext {
@@ -158,17 +270,21 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
             .wait_serving_node(leader as u16, Duration::from_secs(120))
             .await?;
 
-        // The active controller.
+        // The active controller: in ZooKeeper mode a broker, so the probe
+        // goes to another, and its topic has two replicas, so one is alive
+        // whichever broker the placement picked.
         let controller = active_controller(&cluster).await?;
         let killed = Instant::now();
         cluster.kill9(controller)?;
         let probe_broker = cluster
             .nodes
             .iter()
-            .find(|n| n.role == "broker" && n.id as i32 != leader)
+            .find(|n| n.role == "broker" && n.id != controller)
             .map(|n| n.address.clone())
             .unwrap_or(first_broker.clone());
-        create_topic(&probe_broker, &format!("failover-probe-{run}"), 1, 1).await?;
+        let probe = format!("failover-probe-{run}");
+        create_topic(&probe_broker, &probe, 1, rf.min(2)).await?;
+        wait_for_any_leader(&probe_broker, &probe, Duration::from_secs(120)).await?;
         let controller_gap = killed.elapsed();
         controller_gaps.push(controller_gap);
         cluster.restart(controller)?;
@@ -189,30 +305,28 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
         v.sort();
         v[v.len() / 2].as_secs_f64() * 1000.0
     };
-    let broker_ms = median(&mut broker_gaps);
-    let moved_ms = median(&mut leader_moves);
-    let controller_ms = median(&mut controller_gaps);
-    println!();
-    println!(
-        "median unavailability after kill -9 of a leader broker: {broker_ms:.0} ms ({:.2} of broker.session.timeout.ms + 1 s); the new leader was in the metadata after {moved_ms:.0} ms",
-        broker_ms / (args.session_timeout_ms as f64 + 1000.0)
-    );
-    println!(
-        "median unavailability after kill -9 of the active controller: {controller_ms:.0} ms ({:.2} of 1 s)",
-        controller_ms / 1000.0
-    );
+    let medians = Medians {
+        broker_ms: median(&mut broker_gaps),
+        moved_ms: median(&mut leader_moves),
+        controller_ms: median(&mut controller_gaps),
+    };
     cluster.stop_all();
-    Ok(())
+    Ok(medians)
 }
 
 async fn metadata(bootstrap: &str) -> Result<Option<(i32, usize)>> {
+    topic_metadata(bootstrap, TOPIC).await
+}
+
+/// Partition 0 of `topic`: its leader and ISR size, from the first broker that answers.
+async fn topic_metadata(bootstrap: &str, topic: &str) -> Result<Option<(i32, usize)>> {
     for address in bootstrap.split(',') {
         let Ok(mut client) = crate::client::connect(address).await else {
             continue;
         };
-        let request = MetadataRequest::default()
-            .with_topics(Some(vec![MetadataRequestTopic::default()
-                .with_name(Some(TopicName(StrBytes::from_static_str(TOPIC))))]));
+        let request =
+            MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]));
         let Ok(response) = client.send(request).await else {
             continue;
         };
@@ -265,6 +379,22 @@ async fn wait_for_new_leader(address: &str, old: i32, limit: Duration) -> Result
     }
 }
 
+/// Waits until partition 0 of `topic` has a leader.
+async fn wait_for_any_leader(address: &str, topic: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some((leader, _)) = topic_metadata(address, topic).await? {
+            if leader >= 0 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{topic} got no leader within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Time from `killed_at` until a message sent after it is acknowledged.
 async fn wait_for_ack_sent_after(
     producer: &ThreadedProducer<AckContext>,
@@ -292,7 +422,16 @@ async fn wait_for_ack_sent_after(
     }
 }
 
+/// The active controller: the quorum leader in KRaft mode, the broker
+/// holding `/controller` in ZooKeeper mode.
 async fn active_controller(cluster: &LocalCluster) -> Result<u16> {
+    if let Some(connect) = &cluster.zookeeper_connect {
+        let view = sluice_zk::inspect::read_cluster(connect, Duration::from_secs(10)).await?;
+        return view
+            .controller
+            .map(|id| id as u16)
+            .context("no broker holds /controller");
+    }
     let addresses: Vec<String> = cluster
         .controller_addresses()
         .into_iter()

@@ -6,12 +6,18 @@ mod bench;
 mod client;
 mod cluster;
 mod commit_bench;
+mod compare;
 mod failover;
 mod groups;
+mod reload_bench;
 mod server;
 mod settings;
 mod table;
 mod topics;
+// Shared with the tests' harness (tests/common/zk.rs), which uses more of it.
+#[allow(dead_code)]
+mod zk_ensemble;
+mod zk_server;
 
 use std::path::PathBuf;
 
@@ -67,13 +73,19 @@ enum Command {
         #[command(subcommand)]
         command: groups::GroupsCommand,
     },
-    /// Run a local multi-process cluster (controllers + brokers) and show its state.
+    /// Run a local multi-process cluster (controllers or a ZooKeeper ensemble, and brokers)
+    /// and show its state.
     Cluster {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
     /// Measure produce/consume throughput and latency with librdkafka against a running cluster.
     Bench(bench::BenchArgs),
+    /// ZooKeeper mode against KRaft mode: start-up, topic creation,
+    /// controller failover, broker failure, controlled shutdown and offset
+    /// commits, measured side by side at each partition count; writes a
+    /// report folder (HTML with charts, JSON, CSV).
+    Compare(compare::CompareArgs),
 }
 
 #[global_allocator]
@@ -81,9 +93,15 @@ static ALLOCATOR: alloc_guard::LazyLargeAlloc = alloc_guard::LazyLargeAlloc;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // A server logs its ZooKeeper sessions; a command that only looks
+    // (`cluster status`) keeps its output to the answer.
+    let default_filter = match cli.command {
+        Command::Server { .. } => "info",
+        _ => "info,zookeeper_client=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -96,6 +114,8 @@ fn main() -> Result<()> {
             Command::Server { config, overrides } => {
                 let settings =
                     settings::Settings::load(config.as_deref(), std::env::vars(), &overrides)?;
+                // Refuses zookeeper.connect beside KRaft-only settings before anything starts.
+                settings.mode()?;
                 server::run(settings).await
             }
             Command::Topics {
@@ -108,6 +128,7 @@ fn main() -> Result<()> {
             } => groups::run(&bootstrap_server, command).await,
             Command::Cluster { command } => cluster::run(command).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Compare(args) => compare::run(args).await,
         }
     })
 }

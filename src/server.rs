@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::settings::{parse_listeners, parse_voters, Listener, Settings, Voter};
+use crate::settings::{parse_listeners, parse_voters, Listener, Mode, Settings, Voter};
 
 /// The roles a node runs (`process.roles`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +68,9 @@ fn cluster_id_for(voters: &[Voter]) -> String {
 }
 
 pub async fn run(settings: Settings) -> Result<()> {
+    if settings.mode()? == Mode::ZooKeeper {
+        return crate::zk_server::run(settings).await;
+    }
     raise_open_file_limit();
     let roles = parse_roles(settings.get("process.roles"))?;
     let node_id: i32 = settings.parse("node.id")?;
@@ -82,13 +85,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     if roles.controller && !standalone && !voters.iter().any(|v| v.id == node_id) {
         bail!("node {node_id} runs a controller but is not in controller.quorum.voters");
     }
-    let log_dir = PathBuf::from(
-        settings
-            .get("log.dirs")
-            .split(',')
-            .next()
-            .unwrap_or("./sluice-data"),
-    );
+    let log_dir = log_dir(&settings);
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let wanted_cluster_id = (!standalone).then(|| cluster_id_for(&voters));
     let cluster_id = load_or_create_identity(&log_dir, node_id, wanted_cluster_id)?;
@@ -212,30 +209,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         let listener = broker_listener
             .clone()
             .context("a broker needs a listener that is not a controller listener")?;
-        let advertised = match settings.get("advertised.listeners") {
-            "" => listener.clone(),
-            text => parse_listeners(text)?
-                .into_iter()
-                .find(|l| l.name == listener.name)
-                .unwrap_or(listener.clone()),
-        };
-        let bind = bind_address(&listener)?;
-        let mut broker_config = broker_config(&settings, node_id, &cluster_id, &log_dir, bind)?;
-        broker_config.advertised_host = if advertised.host == "0.0.0.0" {
-            "127.0.0.1".into()
-        } else {
-            advertised.host.clone()
-        };
-        let socket = TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("binding the Kafka listener on {bind}"))?;
-        let bound = socket.local_addr()?;
-        let advertised_port = if advertised.port == 0 {
-            bound.port()
-        } else {
-            advertised.port
-        };
-        broker_config.advertised_port = advertised_port;
+        let BoundBroker {
+            socket,
+            bound,
+            advertised,
+            advertised_port,
+            config: broker_config,
+        } = bind_broker(&settings, node_id, &cluster_id, &log_dir, &listener).await?;
 
         let (controller_api, image): (Arc<dyn ControllerApi>, _) = match (&controller, standalone) {
             (Some(c), true) => (
@@ -335,6 +315,57 @@ pub async fn run(settings: Settings) -> Result<()> {
     Ok(())
 }
 
+/// A broker's Kafka listener, bound, with the config and advertised
+/// address that go with it.
+pub(crate) struct BoundBroker {
+    pub socket: TcpListener,
+    pub bound: SocketAddr,
+    pub advertised: Listener,
+    pub advertised_port: u16,
+    pub config: BrokerConfig,
+}
+
+/// Binds the broker's listener and works out what it advertises.
+pub(crate) async fn bind_broker(
+    settings: &Settings,
+    node_id: i32,
+    cluster_id: &str,
+    log_dir: &Path,
+    listener: &Listener,
+) -> Result<BoundBroker> {
+    let advertised = match settings.get("advertised.listeners") {
+        "" => listener.clone(),
+        text => parse_listeners(text)?
+            .into_iter()
+            .find(|l| l.name == listener.name)
+            .unwrap_or(listener.clone()),
+    };
+    let bind = bind_address(listener)?;
+    let mut config = broker_config(settings, node_id, cluster_id, log_dir, bind)?;
+    config.advertised_host = if advertised.host == "0.0.0.0" {
+        "127.0.0.1".into()
+    } else {
+        advertised.host.clone()
+    };
+    let socket = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding the Kafka listener on {bind}"))?;
+    let bound = socket.local_addr()?;
+    let advertised_port = if advertised.port == 0 {
+        bound.port()
+    } else {
+        advertised.port
+    };
+    config.advertised_port = advertised_port;
+    Ok(BoundBroker {
+        socket,
+        bound,
+        advertised,
+        advertised_port,
+        config,
+    })
+}
+
 fn bind_address(listener: &Listener) -> Result<SocketAddr> {
     format!("{}:{}", listener.host, listener.port)
         .parse()
@@ -346,7 +377,18 @@ fn bind_address(listener: &Listener) -> Result<SocketAddr> {
         })
 }
 
-fn log_config(settings: &Settings) -> Result<LogConfig> {
+/// The first of `log.dirs`: where the node keeps its data.
+pub(crate) fn log_dir(settings: &Settings) -> PathBuf {
+    PathBuf::from(
+        settings
+            .get("log.dirs")
+            .split(',')
+            .next()
+            .unwrap_or("./sluice-data"),
+    )
+}
+
+pub(crate) fn log_config(settings: &Settings) -> Result<LogConfig> {
     let policy = settings.get("log.cleanup.policy");
     let (cleanup_delete, cleanup_compact) = sluice_broker::replica::cleanup_policy(policy)
         .with_context(|| {
@@ -379,10 +421,7 @@ fn controller_config(
     let mut config = ControllerConfig::standalone(
         node_id,
         metadata_dir.to_path_buf(),
-        TopicDefaults {
-            num_partitions: settings.parse("num.partitions")?,
-            replication_factor: settings.parse("default.replication.factor")?,
-        },
+        topic_defaults(settings)?,
     );
     config.voters = voters.iter().map(|v| (v.id, v.address())).collect();
     config.snapshot_every_entries = settings.parse("metadata.snapshot.max.records")?;
@@ -403,7 +442,15 @@ fn controller_config(
     Ok(config)
 }
 
-fn group_config(settings: &Settings) -> Result<GroupConfig> {
+/// What a topic created without counts gets.
+pub(crate) fn topic_defaults(settings: &Settings) -> Result<TopicDefaults> {
+    Ok(TopicDefaults {
+        num_partitions: settings.parse("num.partitions")?,
+        replication_factor: settings.parse("default.replication.factor")?,
+    })
+}
+
+pub(crate) fn group_config(settings: &Settings) -> Result<GroupConfig> {
     Ok(GroupConfig {
         initial_rebalance_delay: Duration::from_millis(
             settings.parse("group.initial.rebalance.delay.ms")?,
@@ -486,7 +533,7 @@ fn broker_config(
 
 /// Reads `meta.properties`, or writes it on first start: the cluster id and
 /// the node id this directory belongs to.
-fn load_or_create_identity(
+pub(crate) fn load_or_create_identity(
     log_dir: &Path,
     node_id: i32,
     wanted_cluster_id: Option<String>,
@@ -529,9 +576,18 @@ fn load_or_create_identity(
 }
 
 /// Raises the soft limit on open files to the hard limit, as Kafka's
-/// packaging does: each segment holds three descriptors, so the usual soft
-/// limit of 1024 runs out at a few hundred partitions.
-fn raise_open_file_limit() {
+/// packaging does, and gives three quarters of it to segment and index
+/// files: more of those than that are closed while idle and opened again
+/// on use (see `sluice_storage::open_files`), so a broker may host more
+/// partitions than it may open files. The rest is for connections.
+pub(crate) fn raise_open_file_limit() {
+    let limit = raised_open_file_limit();
+    let files = limit.map_or(1024, |l| l - l / 4) as usize;
+    sluice_storage::open_files::set_budget(files);
+    info!(limit, segment_files = files, "open-file limit");
+}
+
+fn raised_open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -540,27 +596,27 @@ fn raise_open_file_limit() {
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             warn!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
-            return;
+            return None;
         }
         let soft = limit.rlim_cur;
         if soft >= limit.rlim_max {
-            info!(limit = soft, "open-file limit");
-            return;
+            return Some(soft);
         }
         limit.rlim_cur = limit.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
             warn!(soft, error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
-        } else {
-            info!(
-                from = soft,
-                to = limit.rlim_max,
-                "raised the open-file limit"
-            );
+            return Some(soft);
         }
+        info!(
+            from = soft,
+            to = limit.rlim_max,
+            "raised the open-file limit"
+        );
+        Some(limit.rlim_max)
     }
 }
 
-fn install_metrics(listen: &str) -> Result<()> {
+pub(crate) fn install_metrics(listen: &str) -> Result<()> {
     if listen.is_empty() {
         return Ok(());
     }
@@ -582,7 +638,7 @@ fn install_metrics(listen: &str) -> Result<()> {
     Ok(())
 }
 
-fn spawn_housekeeping(
+pub(crate) fn spawn_housekeeping(
     replicas: Arc<ReplicaManager>,
     config: &BrokerConfig,
     stop: watch::Receiver<bool>,

@@ -7,12 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 /// Every setting the server reads, with its default.
 pub const DEFAULTS: &[(&str, &str)] = &[
     ("node.id", "1"),
+    // Kafka's ZooKeeper-mode name for node.id; empty means "the same as node.id".
+    ("broker.id", ""),
     ("process.roles", "broker,controller"),
     ("listeners", "PLAINTEXT://127.0.0.1:9092"),
     ("advertised.listeners", ""),
@@ -71,7 +74,24 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("offsets.retention.minutes", "10080"),
     ("offsets.retention.check.interval.ms", "600000"),
     ("metrics.listen", "127.0.0.1:9464"),
+    // ZooKeeper mode: set zookeeper.connect and the node is a broker
+    // coordinated by that ensemble (no controller quorum).
+    ("zookeeper.connect", ""),
+    ("zookeeper.session.timeout.ms", "18000"),
+    // Empty: the session timeout, as in Kafka.
+    ("zookeeper.connection.timeout.ms", ""),
+    ("controller.socket.timeout.ms", "30000"),
 ];
+
+/// How a node is coordinated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A Raft metadata quorum inside the cluster (`process.roles`,
+    /// `controller.quorum.voters`).
+    KRaft,
+    /// A broker coordinated through a ZooKeeper ensemble (`zookeeper.connect`).
+    ZooKeeper,
+}
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -124,7 +144,87 @@ impl Settings {
             };
             settings.set(key.trim(), value.trim().to_string())?;
         }
+        settings.reconcile_broker_id()?;
         Ok(settings)
+    }
+
+    /// `broker.id` is Kafka's ZooKeeper-mode name for `node.id`: either
+    /// spelling sets both, and two different explicit values are refused.
+    fn reconcile_broker_id(&mut self) -> Result<()> {
+        if !self.is_explicit("broker.id") {
+            let id = self.get("node.id").to_string();
+            self.values.insert("broker.id".into(), id);
+            return Ok(());
+        }
+        let broker_id: i32 = self.parse("broker.id")?;
+        if self.is_explicit("node.id") {
+            let node_id: i32 = self.parse("node.id")?;
+            if node_id != broker_id {
+                bail!(
+                    "broker.id = {broker_id} and node.id = {node_id} disagree: they name the same \
+                     thing (broker.id is Kafka's ZooKeeper-mode spelling); set one of them"
+                );
+            }
+        }
+        self.values.insert("node.id".into(), broker_id.to_string());
+        self.values
+            .insert("broker.id".into(), broker_id.to_string());
+        self.explicit.insert("node.id".into(), true);
+        Ok(())
+    }
+
+    /// ZooKeeper mode when `zookeeper.connect` is set, else KRaft. Settings
+    /// that only mean something in KRaft mode are refused beside
+    /// `zookeeper.connect` rather than silently ignored.
+    pub fn mode(&self) -> Result<Mode> {
+        let connect = self.get("zookeeper.connect").trim();
+        if connect.is_empty() {
+            return Ok(Mode::KRaft);
+        }
+        for key in ["process.roles", "controller.quorum.voters"] {
+            if self.is_explicit(key) {
+                bail!(
+                    "zookeeper.connect ({connect}) makes this node a ZooKeeper-mode broker, \
+                     which has no controller quorum: remove {key} = {:?} (it is for KRaft \
+                     mode only), or remove zookeeper.connect to run in KRaft mode",
+                    self.get(key)
+                );
+            }
+        }
+        parse_zookeeper_connect(connect)?;
+        Ok(Mode::ZooKeeper)
+    }
+
+    /// `zookeeper.connect` with its timeouts, for a ZooKeeper-mode broker.
+    pub fn zookeeper(&self) -> Result<sluice_zk::ZkConfig> {
+        let connect = self.get("zookeeper.connect").trim().to_string();
+        parse_zookeeper_connect(&connect)?;
+        let session_ms: u64 = self.parse("zookeeper.session.timeout.ms")?;
+        if session_ms == 0 {
+            bail!("zookeeper.session.timeout.ms must be positive");
+        }
+        let connection_ms: u64 = if self
+            .get("zookeeper.connection.timeout.ms")
+            .trim()
+            .is_empty()
+        {
+            session_ms
+        } else {
+            self.parse("zookeeper.connection.timeout.ms")?
+        };
+        Ok(sluice_zk::ZkConfig {
+            connect,
+            session_timeout: Duration::from_millis(session_ms),
+            connection_timeout: Duration::from_millis(connection_ms),
+        })
+    }
+
+    /// `controller.socket.timeout.ms`: how long the ZooKeeper-mode
+    /// controller waits for a broker to answer a push.
+    pub fn controller_socket_timeout(&self) -> Result<Duration> {
+        Ok(Duration::from_millis(
+            self.parse("controller.socket.timeout.ms")?,
+        ))
     }
 
     fn set(&mut self, key: &str, value: String) -> Result<()> {
@@ -218,6 +318,36 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) -
         toml::Value::Datetime(d) => out.push((prefix.to_string(), d.to_string())),
     }
     Ok(())
+}
+
+/// The servers (host, port) and the chroot ("" for none) of a
+/// `zookeeper.connect` value `host:port,host:port[/chroot]`.
+pub fn parse_zookeeper_connect(text: &str) -> Result<(Vec<(String, u16)>, String)> {
+    let (servers, chroot) = match text.find('/') {
+        Some(i) => (&text[..i], text[i..].trim_end_matches('/')),
+        None => (text, ""),
+    };
+    let servers = servers
+        .split(',')
+        .map(str::trim)
+        .map(|server| {
+            let (host, port) = server.rsplit_once(':').with_context(|| {
+                format!("zookeeper.connect {text:?}: server {server:?} is not host:port")
+            })?;
+            let port = port
+                .parse()
+                .with_context(|| format!("zookeeper.connect {text:?}: bad port in {server:?}"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                bail!("zookeeper.connect {text:?}: server {server:?} has no host");
+            }
+            Ok((host.to_string(), port))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if chroot.contains("//") {
+        bail!("zookeeper.connect {text:?}: chroot {chroot:?} has an empty path segment");
+    }
+    Ok((servers, chroot.to_string()))
 }
 
 /// A `NAME://host:port` listener.
@@ -360,6 +490,90 @@ mod tests {
             load(&["log.flush.interval.messages=1", "log.flush.interval.ms=250"]),
             (1, 250)
         );
+    }
+
+    fn load(overrides: &[&str]) -> Result<Settings> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Settings::load(None, std::iter::empty(), &overrides)
+    }
+
+    #[test]
+    fn broker_id_is_node_id() {
+        let s = load(&[]).unwrap();
+        assert_eq!((s.get("node.id"), s.get("broker.id")), ("1", "1"));
+        let s = load(&["node.id=4"]).unwrap();
+        assert_eq!(s.get("broker.id"), "4");
+        let s = load(&["broker.id=5"]).unwrap();
+        assert_eq!(s.parse::<i32>("node.id").unwrap(), 5);
+        assert!(s.described()["node.id"].1);
+        let s = load(&["broker.id=6", "node.id=6"]).unwrap();
+        assert_eq!(s.get("node.id"), "6");
+        let e = load(&["broker.id=6", "node.id=7"]).unwrap_err().to_string();
+        assert!(
+            e.contains("broker.id = 6") && e.contains("node.id = 7"),
+            "{e}"
+        );
+        assert!(load(&["broker.id=x"]).is_err());
+        // From the environment too.
+        let env = vec![("SLUICE_BROKER_ID".to_string(), "9".to_string())];
+        let s = Settings::load(None, env.into_iter(), &[]).unwrap();
+        assert_eq!(s.get("node.id"), "9");
+    }
+
+    #[test]
+    fn mode_follows_zookeeper_connect() {
+        assert_eq!(load(&[]).unwrap().mode().unwrap(), Mode::KRaft);
+        assert_eq!(
+            load(&["process.roles=broker", "controller.quorum.voters=1@h:1"])
+                .unwrap()
+                .mode()
+                .unwrap(),
+            Mode::KRaft
+        );
+        let zk = load(&["zookeeper.connect=127.0.0.1:2181,127.0.0.1:2182/sluice"]).unwrap();
+        assert_eq!(zk.mode().unwrap(), Mode::ZooKeeper);
+        for kraft_only in ["process.roles=broker", "controller.quorum.voters=1@h:1"] {
+            let s = load(&["zookeeper.connect=127.0.0.1:2181", kraft_only]).unwrap();
+            let e = s.mode().unwrap_err().to_string();
+            let key = kraft_only.split('=').next().unwrap();
+            assert!(e.contains(key) && e.contains("zookeeper.connect"), "{e}");
+        }
+        for bad in ["127.0.0.1", "127.0.0.1:x", ":2181", "h:1,/c", "h:1//c"] {
+            let s = load(&[&format!("zookeeper.connect={bad}")]).unwrap();
+            assert!(s.mode().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn zookeeper_settings() {
+        let s = load(&["zookeeper.connect=h1:2181,h2:2182/sluice/a"]).unwrap();
+        let c = s.zookeeper().unwrap();
+        assert_eq!(c.connect, "h1:2181,h2:2182/sluice/a");
+        assert_eq!(c.split(), ("h1:2181,h2:2182", "/sluice/a"));
+        assert_eq!(c.session_timeout, Duration::from_secs(18));
+        // Unset: the session timeout.
+        assert_eq!(c.connection_timeout, Duration::from_secs(18));
+        let s = load(&[
+            "zookeeper.connect=h1:2181",
+            "zookeeper.session.timeout.ms=6000",
+            "zookeeper.connection.timeout.ms=2500",
+            "controller.socket.timeout.ms=1000",
+        ])
+        .unwrap();
+        let c = s.zookeeper().unwrap();
+        assert_eq!(c.session_timeout, Duration::from_secs(6));
+        assert_eq!(c.connection_timeout, Duration::from_millis(2500));
+        assert_eq!(
+            s.controller_socket_timeout().unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            load(&[]).unwrap().controller_socket_timeout().unwrap(),
+            Duration::from_secs(30)
+        );
+        let (servers, chroot) = parse_zookeeper_connect("a:1, [::1]:2/x/").unwrap();
+        assert_eq!(servers, vec![("a".to_string(), 1), ("::1".to_string(), 2)]);
+        assert_eq!(chroot, "/x");
     }
 
     #[test]

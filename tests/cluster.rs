@@ -1,6 +1,9 @@
-//! A KRaft cluster of separate processes: three controllers replicating the
-//! metadata log and three brokers following it. Controllers and brokers are
-//! killed with kill -9 under real clients.
+//! A cluster of separate processes: three brokers coordinated by three
+//! KRaft controllers replicating the metadata log, or (the same tests, see
+//! [`in_both_modes!`]) by a three-server ZooKeeper ensemble with one broker
+//! the controller. Controllers, ZooKeeper servers and brokers are killed
+//! with kill -9 under real clients. Tests of the Raft quorum itself stay
+//! KRaft-only, each saying so.
 
 mod common;
 
@@ -9,7 +12,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::acked::{verify, wait_until, AckedWriter, TailingReader};
-use common::cluster::{partitions, wait_for_quorum, Cluster};
+use common::cluster::{partitions, wait_for_quorum, Cluster, Mode};
 use kafka_protocol::messages::{fetch_request, BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -20,7 +23,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_broker::KafkaClient;
 
-/// Short sessions so that failover is quick enough for a test.
+/// Short sessions so that failover is quick enough for a test
+/// (`broker.session.timeout.ms` is also the ZooKeeper session in ZK mode).
 const FAST: &[&str] = &[
     "broker.session.timeout.ms=3000",
     "broker.heartbeat.interval.ms=500",
@@ -43,6 +47,10 @@ fn topic_list(cluster: &mut Cluster) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// KRaft-only: a Raft controller killed and caught up again from a
+/// metadata snapshot. ZooKeeper mode has no controller nodes nor metadata
+/// log; its controller (a broker) killed is
+/// `tests/zookeeper.rs::the_active_controller_killed`, run in both modes.
 #[tokio::test(flavor = "multi_thread")]
 async fn active_controller_failover_keeps_metadata() {
     let mut cluster = Cluster::start(3, 3, FAST);
@@ -162,9 +170,9 @@ async fn active_controller_failover_keeps_metadata() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn leader_broker_kill_9_loses_no_acknowledged_write() {
-    let mut cluster = Cluster::start(3, 3, FAST);
+in_both_modes!(leader_broker_kill_9_loses_no_acknowledged_write);
+async fn leader_broker_kill_9_loses_no_acknowledged_write(mode: Mode) {
+    let mut cluster = Cluster::start_in(mode, 3, 3, FAST);
     created(
         &mut cluster,
         &[
@@ -242,9 +250,11 @@ async fn leader_broker_kill_9_loses_no_acknowledged_write() {
     verify(&restarted, "orders", &acked);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn losing_the_controller_majority_stops_metadata_changes_only() {
-    let mut cluster = Cluster::start(3, 3, FAST);
+in_both_modes!(losing_the_controller_majority_stops_metadata_changes_only);
+/// The metadata quorum loses its majority: two of three KRaft controllers
+/// (not the leader), or two of three ZooKeeper servers.
+async fn losing_the_controller_majority_stops_metadata_changes_only(mode: Mode) {
+    let mut cluster = Cluster::start_in(mode, 3, 3, FAST);
     created(
         &mut cluster,
         &[
@@ -256,16 +266,31 @@ async fn losing_the_controller_majority_stops_metadata_changes_only() {
             "3",
         ],
     );
-    let q = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
-    let down: Vec<i32> = cluster
-        .controllers
-        .iter()
-        .map(|c| c.id)
-        .filter(|&id| id != q.leader)
-        .collect();
-    for &id in &down {
-        cluster.controller(id).kill9();
-    }
+    let down: Vec<i32> = match mode {
+        Mode::KRaft => {
+            let q = wait_for_quorum(&mut cluster, Duration::from_secs(30)).await;
+            let down: Vec<i32> = cluster
+                .controllers
+                .iter()
+                .map(|c| c.id)
+                .filter(|&id| id != q.leader)
+                .collect();
+            for &id in &down {
+                cluster.controller(id).kill9();
+            }
+            down
+        }
+        Mode::ZooKeeper => {
+            let zk = cluster.zk();
+            let leader = zk.wait_leader(Duration::from_secs(30));
+            // The leader and one follower: what is left is no quorum.
+            let other = (1..=3).find(|&id| id != leader).unwrap();
+            for id in [leader, other] {
+                zk.kill9(id);
+            }
+            vec![leader as i32, other as i32]
+        }
+    };
 
     // Metadata changes fail with an error rather than hanging.
     let out = cluster.cli(&[
@@ -327,23 +352,39 @@ async fn losing_the_controller_majority_stops_metadata_changes_only() {
     }
     assert_eq!(seen, 30);
 
-    // The majority comes back: everything recovers.
+    // The majority comes back: everything recovers, once the ensemble has
+    // a leader again and the brokers have new sessions (ZooKeeper mode
+    // refuses admin requests at once until then).
     for &id in &down {
-        cluster.controller(id).restart();
+        match mode {
+            Mode::KRaft => cluster.controller(id).restart(),
+            Mode::ZooKeeper => cluster.zk().restart(id as u32),
+        }
     }
-    created(
-        &mut cluster,
-        &[
-            "create",
-            "recovered",
-            "--partitions",
-            "1",
-            "--replication-factor",
-            "3",
-        ],
+    let args = [
+        "create",
+        "recovered",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "3",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = cluster.cli(&args);
+    while !last.status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        last = cluster.cli(&args);
+    }
+    assert!(
+        last.status.success(),
+        "no topic could be created within 60 s of the majority's return: {}\n{}",
+        String::from_utf8_lossy(&last.stderr),
+        cluster.logs()
     );
 }
 
+/// KRaft-only: garbage on the Raft controllers' port. (ZooKeeper mode's
+/// hostile pushes and znodes are tested in the zk crate and tests/zookeeper.rs.)
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_raft_streams_are_dropped_without_harm() {
     let mut cluster = Cluster::start(3, 1, FAST);
@@ -474,9 +515,9 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
     out.push(v as u8);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn controlled_shutdown_moves_leadership_before_the_broker_exits() {
-    let mut cluster = Cluster::start(3, 3, FAST);
+in_both_modes!(controlled_shutdown_moves_leadership_before_the_broker_exits);
+async fn controlled_shutdown_moves_leadership_before_the_broker_exits(mode: Mode) {
+    let mut cluster = Cluster::start_in(mode, 3, 3, FAST);
     created(
         &mut cluster,
         &[
@@ -524,11 +565,14 @@ async fn controlled_shutdown_moves_leadership_before_the_broker_exits() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_broker_far_behind_catches_up_from_a_metadata_snapshot() {
+in_both_modes!(a_broker_far_behind_catches_up_from_a_metadata_snapshot);
+/// A broker down while topics come and go catches up when it restarts:
+/// KRaft, from the controller's metadata snapshot (the log before it is
+/// gone); ZooKeeper mode, from the controller's full push.
+async fn a_broker_far_behind_catches_up_from_a_metadata_snapshot(mode: Mode) {
     let mut settings = FAST.to_vec();
     settings.push("metadata.snapshot.max.records=10");
-    let mut cluster = Cluster::start(3, 2, &settings);
+    let mut cluster = Cluster::start_in(mode, 3, 2, &settings);
     created(
         &mut cluster,
         &[
@@ -555,7 +599,8 @@ async fn a_broker_far_behind_catches_up_from_a_metadata_snapshot() {
         );
     }
     created(&mut cluster, &["delete", "later-0"]);
-    // Restarted controllers keep entries only from their latest snapshot on.
+    // KRaft-only (ZooKeeper mode has no controller nodes): restarted
+    // controllers keep entries only from their latest snapshot on.
     for i in 0..cluster.controllers.len() {
         cluster.controllers[i].stop();
         cluster.controllers[i].restart();
@@ -563,14 +608,16 @@ async fn a_broker_far_behind_catches_up_from_a_metadata_snapshot() {
     }
     cluster.broker(2).restart();
     cluster.broker(2).wait_serving(Duration::from_secs(60));
-    assert!(
-        cluster
-            .broker(2)
-            .log()
-            .contains("loaded metadata snapshot from the controller"),
-        "{}",
-        cluster.broker(2).log()
-    );
+    if mode == Mode::KRaft {
+        assert!(
+            cluster
+                .broker(2)
+                .log()
+                .contains("loaded metadata snapshot from the controller"),
+            "{}",
+            cluster.broker(2).log()
+        );
+    }
     // Its view is the cluster's: the deleted topic is gone, the rest are there.
     let view = String::from_utf8_lossy(
         &std::process::Command::new(common::BIN)
@@ -592,19 +639,19 @@ async fn a_broker_far_behind_catches_up_from_a_metadata_snapshot() {
     assert!(!view.lines().any(|l| l == "later-0"), "{view}");
 }
 
+in_both_modes!(acks_all_across_leader_bounces_acknowledges_only_its_own_batches);
 /// acks=all under an idempotent producer while leadership bounces: a leader
 /// is stopped (its partitions move away), restarts, and the preferred-leader
 /// election gives them back (leader -> other -> leader); then the same with
 /// kill -9. Every acknowledged offset must hold the message acknowledged
 /// there, never another batch written after a truncation.
-#[tokio::test(flavor = "multi_thread")]
-async fn acks_all_across_leader_bounces_acknowledges_only_its_own_batches() {
+async fn acks_all_across_leader_bounces_acknowledges_only_its_own_batches(mode: Mode) {
     let mut settings = FAST.to_vec();
     settings.extend([
         "auto.leader.rebalance.enable=true",
         "leader.imbalance.check.interval.seconds=1",
     ]);
-    let mut cluster = Cluster::start(1, 3, &settings);
+    let mut cluster = Cluster::start_in(mode, 1, 3, &settings);
     created(
         &mut cluster,
         &[

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::acked::wait_until;
-use common::cluster::{partitions, Cluster};
+use common::cluster::{partitions, Cluster, Mode};
 use common::Server;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -434,13 +434,14 @@ async fn kill_9_in_the_middle_of_a_clean_loses_nothing() {
     );
 }
 
+in_both_modes!(a_follower_catches_up_from_a_cleaned_leader_and_serves_the_same_keys);
 /// Every replica compacts the same data: a follower that was down while
 /// the leader wrote and cleaned catches up from the cleaned log (gaps in
 /// offsets, emptied batches, delete horizons), and alone it serves each
 /// key's latest value once the others are gone.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_follower_catches_up_from_a_cleaned_leader_and_serves_the_same_keys() {
-    let mut cluster = Cluster::start(
+async fn a_follower_catches_up_from_a_cleaned_leader_and_serves_the_same_keys(mode: Mode) {
+    let mut cluster = Cluster::start_in(
+        mode,
         1,
         3,
         &[

@@ -1,6 +1,9 @@
 //! Consumer groups with librdkafka (the rdkafka crate) and the raw group
 //! APIs, against real server processes: membership and offsets live in the
-//! metadata log, so they survive coordinator deaths and restarts.
+//! metadata log (in ZooKeeper, in ZooKeeper mode), so they survive
+//! coordinator deaths and restarts. The cluster tests run in both modes
+//! (`<name>::kraft`, `<name>::zk`); single-server ones are KRaft (ZooKeeper
+//! mode has no single-process form).
 
 mod common;
 
@@ -10,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{wait_for_topic_everywhere, Cluster, Mode};
 use common::Server;
 use kafka_protocol::messages::{
     join_group_request, offset_commit_request, offset_fetch_request, DescribeGroupsRequest,
@@ -360,9 +363,17 @@ async fn committed(
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_group_survives_its_coordinator_being_killed() {
-    let mut cluster = Cluster::start(
+in_both_modes!(
+    the_group_survives_its_coordinator_being_killed,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+/// The coordinator killed with kill -9; the group moves to another broker
+/// with its committed offsets (KRaft: in the metadata log; ZooKeeper mode:
+/// under `/consumers`), and consumption resumes without going back before them.
+async fn the_group_survives_its_coordinator_being_killed(mode: Mode) {
+    let mut cluster = Cluster::start_in(
+        mode,
         3,
         3,
         &[
@@ -435,14 +446,113 @@ async fn the_group_survives_its_coordinator_being_killed() {
     );
 }
 
+in_both_modes!(
+    a_member_killed_without_leaving_loses_its_partitions,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+/// One of three members killed with kill -9 (a kcat
+/// process: it never sends LeaveGroup) loses its partitions to the other
+/// two once its session times out; they consume everything, committing as
+/// they go, and a new member of the group resumes from those commits.
+async fn a_member_killed_without_leaving_loses_its_partitions(mode: Mode) {
+    let cluster = Cluster::start_in(
+        mode,
+        3,
+        3,
+        &[
+            FAST_GROUPS,
+            "broker.session.timeout.ms=3000",
+            "broker.heartbeat.interval.ms=500",
+        ],
+    );
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "pack", 6, 3);
+    wait_for_topic_everywhere(&bootstrap, "pack", 6);
+    let settings = [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ];
+    let b = Member::spawn(&bootstrap, "pack", "pack", &settings);
+    let c = Member::spawn(&bootstrap, "pack", "pack", &settings);
+    let kcat_log = tempfile::NamedTempFile::new().unwrap();
+    let mut a = std::process::Command::new("kcat")
+        .args(["-b", &bootstrap, "-G", "pack", "pack", "-q"])
+        .args([
+            "-X",
+            "session.timeout.ms=6000",
+            "-X",
+            "heartbeat.interval.ms=500",
+        ])
+        .args([
+            "-X",
+            "enable.auto.commit=false",
+            "-X",
+            "auto.offset.reset=earliest",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(kcat_log.reopen().unwrap())
+        .spawn()
+        .expect("kcat");
+    wait_until(
+        Duration::from_secs(90),
+        &format!("{mode:?}: three members share six partitions"),
+        || {
+            if let Ok(Some(status)) = a.try_wait() {
+                panic!(
+                    "kcat exited ({status}): {}",
+                    std::fs::read_to_string(kcat_log.path()).unwrap_or_default()
+                );
+            }
+            let (mine_b, mine_c) = (b.assigned(), c.assigned());
+            mine_b.len() == 2 && mine_c.len() == 2 && mine_b.is_disjoint(&mine_c)
+        },
+    );
+    // kill -9: no LeaveGroup; the coordinator notices by its session.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    wait_until(
+        Duration::from_secs(90),
+        &format!("{mode:?}: the two survivors own every partition"),
+        || partitioned_exactly_once(&[&b, &c], 6),
+    );
+    produce(&bootstrap, "pack", 6, 0, 600).await;
+    wait_until(
+        Duration::from_secs(90),
+        &format!("{mode:?}: 600 messages consumed"),
+        || consumed(&[&b, &c]) == 600,
+    );
+    check_consumed(&[&b, &c], 600);
+    drop((b, c));
+
+    produce(&bootstrap, "pack", 6, 600, 6).await;
+    let d = Member::spawn(&bootstrap, "pack", "pack", &settings);
+    wait_until(
+        Duration::from_secs(90),
+        &format!("{mode:?}: the 6 new messages consumed"),
+        || consumed(&[&d]) == 6,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let seen: BTreeSet<String> = d.seen.lock().unwrap().iter().map(|e| e.2.clone()).collect();
+    assert_eq!(
+        seen,
+        (600..606).map(|i| i.to_string()).collect(),
+        "{mode:?}"
+    );
+}
+
 /// Runs a future to completion from synchronous test code inside the runtime.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offsets_and_membership_come_back_after_a_whole_cluster_restart() {
-    let mut cluster = Cluster::start(3, 2, &[FAST_GROUPS]);
+in_both_modes!(
+    offsets_and_membership_come_back_after_a_whole_cluster_restart,
+    flavor = "multi_thread",
+    worker_threads = 2
+);
+async fn offsets_and_membership_come_back_after_a_whole_cluster_restart(mode: Mode) {
+    let mut cluster = Cluster::start_in(mode, 3, 2, &[FAST_GROUPS]);
     let bootstrap = cluster.bootstrap();
     create_topic(&bootstrap, "durable", 4, 2);
     produce(&bootstrap, "durable", 4, 0, 200).await;
@@ -459,25 +569,10 @@ async fn offsets_and_membership_come_back_after_a_whole_cluster_restart() {
     let before = committed(&address, "keepers", "durable", 4).await;
     assert_eq!(before.values().sum::<i64>(), 200);
 
-    // kill -9 everything while the member is still in the group.
-    for node in cluster
-        .brokers
-        .iter_mut()
-        .chain(cluster.controllers.iter_mut())
-    {
-        node.kill9();
-    }
+    // kill -9 everything (ZooKeeper too) while the member is still in the group.
+    cluster.kill9_all();
     drop(member);
-    for node in cluster
-        .controllers
-        .iter_mut()
-        .chain(cluster.brokers.iter_mut())
-    {
-        node.restart();
-    }
-    for node in cluster.brokers.iter_mut() {
-        node.wait_serving(Duration::from_secs(60));
-    }
+    cluster.restart_all(Duration::from_secs(60));
     let (_, address) = {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -667,6 +762,9 @@ async fn bad_group_requests_get_kafka_errors_and_harm_nothing() {
     assert_eq!(committed(&bootstrap, "ghost", "real", 1).await[&0], -1);
 }
 
+/// KRaft-only: group writes go to the Raft controller in an envelope there.
+/// In ZooKeeper mode the coordinator writes `/consumers/<group>/...` itself,
+/// guarded by its registration (tested in the zk crate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_writes_from_anyone_but_the_coordinator_are_refused_by_the_controller() {
     use kafka_protocol::messages::EnvelopeRequest;

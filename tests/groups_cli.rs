@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, Mode};
 use common::{Server, BIN};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -631,12 +631,12 @@ const FAST: &[&str] = &[
     "broker.heartbeat.interval.ms=500",
 ];
 
+in_both_modes!(sync groups_across_a_cluster);
 /// Three brokers: every broker's groups are listed, describe and
 /// reset-offsets find each group's coordinator from any bootstrap broker,
 /// and follow a group to its new coordinator when the old one is killed.
-#[test]
-fn groups_across_a_cluster() {
-    let mut cluster = Cluster::start(1, 3, FAST);
+fn groups_across_a_cluster(mode: Mode) {
+    let mut cluster = Cluster::start_in(mode, 1, 3, FAST);
     let all = cluster.bootstrap();
     let first = cluster.brokers[0].address();
     let last = cluster.brokers[2].address();
@@ -768,7 +768,7 @@ fn the_commit_benchmark_runs_and_leaves_its_groups() {
     for line in [
         "created 40 idle groups",
         "baseline: OffsetFetch",
-        "OffsetCommit (metadata log)",
+        "OffsetCommit",
         "committed offsets per second",
     ] {
         assert!(report.contains(line), "{line:?} missing from:\n{report}");

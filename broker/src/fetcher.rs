@@ -234,7 +234,11 @@ impl LeaderFetcher {
                     state.log.log_end_offset(),
                 )
             };
-            if self.is_delayed(&(partition.topic.clone(), partition.index), epoch) {
+            // Checked without building a key while nothing is delayed (the
+            // usual case, on every round over every followed partition).
+            if !self.delayed.is_empty()
+                && self.is_delayed(&(partition.topic.clone(), partition.index), epoch)
+            {
                 continue;
             }
             if !needs_truncation {

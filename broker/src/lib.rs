@@ -2,6 +2,7 @@
 //! the replica manager that keeps this broker's partition logs.
 
 pub mod config;
+pub mod control_plane;
 pub mod controller_client;
 pub mod controller_service;
 mod errors;

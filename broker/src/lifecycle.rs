@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_metadata::controller_api::{
-    BrokerHeartbeat, BrokerRegistrationRequest, ControllerApi, ControllerError, HeartbeatReply,
+    BoxFuture, BrokerHeartbeat, BrokerRegistrationRequest, ControllerApi, ControllerError,
+    HeartbeatReply,
 };
 use sluice_metadata::{MetadataDelta, MetadataImage, Publisher};
 use tokio::sync::watch;
@@ -40,6 +41,41 @@ impl Default for ImageWatch {
 impl Publisher for ImageWatch {
     fn publish(&self, _delta: &MetadataDelta, image: &Arc<MetadataImage>) {
         self.0.send_replace(image.clone());
+    }
+}
+
+/// A broker's membership in the cluster, whatever coordinates it: KRaft's
+/// registration and heartbeats ([`BrokerLifecycle`]), or a ZooKeeper
+/// session with an ephemeral registration znode.
+pub trait BrokerSession: Send + Sync {
+    /// Joins the cluster and returns once this broker may serve: it is
+    /// registered and its image shows it live, within `limit`.
+    fn join(&self, limit: Duration) -> BoxFuture<'_, Result<(), ControllerError>>;
+    /// Keeps the membership alive until `stop`: heartbeats, or a new
+    /// registration after a session expires.
+    fn run(self: Arc<Self>, stop: watch::Receiver<bool>);
+    /// Moves this broker's leaderships away before it exits, within `limit`.
+    fn controlled_shutdown(&self, limit: Duration) -> BoxFuture<'_, ()>;
+    /// The current broker epoch (-1 before the first registration): an
+    /// offset of the metadata log in KRaft, a znode's czxid in ZooKeeper.
+    fn broker_epoch(&self) -> i64;
+}
+
+impl BrokerSession for BrokerLifecycle {
+    fn join(&self, limit: Duration) -> BoxFuture<'_, Result<(), ControllerError>> {
+        Box::pin(self.start(limit))
+    }
+
+    fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        self.spawn_heartbeats(stop);
+    }
+
+    fn controlled_shutdown(&self, limit: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(BrokerLifecycle::controlled_shutdown(self, limit))
+    }
+
+    fn broker_epoch(&self) -> i64 {
+        BrokerLifecycle::broker_epoch(self)
     }
 }
 

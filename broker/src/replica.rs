@@ -193,7 +193,9 @@ pub struct ReplicaManager {
     node_id: i32,
     log_dir: PathBuf,
     log_defaults: LogConfig,
-    partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+    /// By topic, then index: a lookup by name hashes the name and
+    /// allocates nothing (a fetch of thousands of partitions does one each).
+    partitions: RwLock<HashMap<String, HashMap<i32, Arc<Partition>>>>,
     offline: Mutex<HashMap<TopicPartition, OfflinePartition>>,
     /// Set once the first image (the caught-up one) has been applied: only
     /// then can a directory be judged to belong to nothing.
@@ -301,12 +303,15 @@ impl ReplicaManager {
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
         let partitions = self.partitions.read().unwrap_or_else(|p| p.into_inner());
-        partitions.get(&(topic.to_string(), index)).cloned()
+        partitions.get(topic)?.get(&index).cloned()
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
         let partitions = self.partitions.read().unwrap_or_else(|p| p.into_inner());
-        partitions.values().cloned().collect()
+        partitions
+            .values()
+            .flat_map(|t| t.values().cloned())
+            .collect()
     }
 
     pub fn appended(&self) -> &Notify {
@@ -681,7 +686,9 @@ impl ReplicaManager {
                 self.partitions
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, partition.clone());
+                    .entry(key.0)
+                    .or_default()
+                    .insert(index, partition.clone());
                 self.set_fetch_target(&partition, follow);
                 self.targets_changed();
             }
@@ -842,8 +849,14 @@ impl ReplicaManager {
         let key = (topic.to_string(), index);
         let removed = {
             let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
-            match partitions.get(&key) {
-                Some(p) if p.topic_id == topic_id => partitions.remove(&key),
+            match partitions.get_mut(topic) {
+                Some(hosted) if hosted.get(&index).is_some_and(|p| p.topic_id == topic_id) => {
+                    let removed = hosted.remove(&index);
+                    if hosted.is_empty() {
+                        partitions.remove(topic);
+                    }
+                    removed
+                }
                 _ => None,
             }
         };
@@ -1050,8 +1063,9 @@ impl ReplicaManager {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
+            .flat_map(|(_, hosted)| hosted.into_values())
             .collect();
-        for (_, partition) in drained {
+        for partition in drained {
             match Arc::try_unwrap(partition) {
                 Ok(partition) => {
                     let state = partition

@@ -64,6 +64,7 @@ impl Service for Broker {
 
     fn supports(&self, api_key: ApiKey, version: i16) -> bool {
         handlers::supports(api_key, version)
+            || (api_key == ApiKey::Envelope && version <= 2 && self.takes_control_requests())
     }
 
     fn api_versions_unsupported(&self) -> ApiVersionsResponse {

@@ -148,6 +148,15 @@ fn plan(
                 Vec::new(),
             ))
         }
+        GroupWrite::ExpireOffsets {
+            now_ms,
+            retention_ms,
+            grace_ms,
+            ..
+        } => {
+            let expired = group.and_then(|g| expire_group(g, now_ms, retention_ms, grace_ms));
+            Ok((expired.map(|e| e.record).into_iter().collect(), Vec::new()))
+        }
         GroupWrite::DeleteOffsets { partitions, .. } => {
             let group = group.ok_or_else(|| {
                 ControllerError::GroupIdNotFound(format!("group {group_id} does not exist"))
@@ -241,46 +250,71 @@ pub fn expire_groups(
     retention: Duration,
     grace: Duration,
 ) -> OpResult<(usize, usize)> {
-    let retention_ms = retention.as_millis() as i64;
+    let (retention_ms, grace_ms) = (retention.as_millis() as i64, grace.as_millis() as i64);
     let mut records = Vec::new();
     let (mut offsets, mut groups) = (0, 0);
     for group in image.groups.values() {
-        if !group.has_no_members() {
-            continue;
-        }
-        let empty_since = group.membership.as_ref().map_or(0, |m| m.state_timestamp);
-        let mut expired: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-        for (topic, partitions) in &group.offsets {
-            for (&partition, committed) in partitions.iter() {
-                let since = committed.commit_timestamp.max(empty_since);
-                if since.saturating_add(retention_ms) <= now_ms {
-                    expired.entry(topic).or_default().push(partition);
-                }
-            }
-        }
-        let expired_count: usize = expired.values().map(Vec::len).sum();
-        if expired_count == group.offset_count() {
-            if expired_count > 0 || empty_since + grace.as_millis() as i64 <= now_ms {
-                offsets += expired_count;
-                groups += 1;
-                records.push(MetadataRecord::RemoveGroup(RemoveGroupRecord {
-                    group_id: group.group_id.clone(),
-                }));
-            }
-        } else if expired_count > 0 {
-            offsets += expired_count;
-            records.push(MetadataRecord::RemoveOffsets(RemoveOffsetsRecord {
-                group_id: group.group_id.clone(),
-                partitions: expired
-                    .into_iter()
-                    .flat_map(|(topic, ps)| ps.into_iter().map(move |p| (topic.to_string(), p)))
-                    .collect(),
-            }));
+        if let Some(expiry) = expire_group(group, now_ms, retention_ms, grace_ms) {
+            offsets += expiry.offsets;
+            groups += usize::from(expiry.removes_group);
+            records.push(expiry.record);
         }
     }
     OpResult {
         records,
         results: (offsets, groups),
+    }
+}
+
+/// What expiry removes of one group.
+pub struct GroupExpiry {
+    /// `RemoveGroup` or `RemoveOffsets`.
+    pub record: MetadataRecord,
+    pub offsets: usize,
+    pub removes_group: bool,
+}
+
+/// [`expire_groups`] for one group: `None` when nothing of it expires.
+pub fn expire_group(
+    group: &GroupImage,
+    now_ms: i64,
+    retention_ms: i64,
+    grace_ms: i64,
+) -> Option<GroupExpiry> {
+    if !group.has_no_members() {
+        return None;
+    }
+    let empty_since = group.membership.as_ref().map_or(0, |m| m.state_timestamp);
+    let mut expired: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (topic, partitions) in &group.offsets {
+        for (&partition, committed) in partitions.iter() {
+            let since = committed.commit_timestamp.max(empty_since);
+            if since.saturating_add(retention_ms) <= now_ms {
+                expired.entry(topic).or_default().push(partition);
+            }
+        }
+    }
+    let offsets: usize = expired.values().map(Vec::len).sum();
+    if offsets == group.offset_count() {
+        (offsets > 0 || empty_since.saturating_add(grace_ms) <= now_ms).then(|| GroupExpiry {
+            record: MetadataRecord::RemoveGroup(RemoveGroupRecord {
+                group_id: group.group_id.clone(),
+            }),
+            offsets,
+            removes_group: true,
+        })
+    } else {
+        (offsets > 0).then(|| GroupExpiry {
+            record: MetadataRecord::RemoveOffsets(RemoveOffsetsRecord {
+                group_id: group.group_id.clone(),
+                partitions: expired
+                    .into_iter()
+                    .flat_map(|(topic, ps)| ps.into_iter().map(move |p| (topic.to_string(), p)))
+                    .collect(),
+            }),
+            offsets,
+            removes_group: false,
+        })
     }
 }
 
@@ -582,6 +616,44 @@ mod tests {
             matches!(r, Err(ControllerError::IllegalGeneration(_))),
             "{r:?}"
         );
+    }
+
+    /// A ZooKeeper-mode coordinator's expiry is judged on the state it
+    /// lands on: a commit that landed since it looked keeps the group.
+    #[test]
+    fn an_expiry_write_takes_only_what_is_expired_when_it_lands() {
+        let image = cluster();
+        let writer = writer_for(&image, "simple");
+        let commit = |offset: i64| GroupWrite::CommitOffsets {
+            group_id: "simple".into(),
+            generation: -1,
+            member_id: String::new(),
+            offsets: offsets(&[(0, offset)]),
+        };
+        let expire = |now_ms: i64| GroupWrite::ExpireOffsets {
+            group_id: "simple".into(),
+            now_ms,
+            retention_ms: 10 * MINUTE,
+            grace_ms: MINUTE,
+        };
+        let (image, r) = write(&image, writer, commit(5), 0);
+        r.unwrap();
+        // Planned at 10 minutes, but a commit at 9 minutes landed first.
+        let (image, r) = write(&image, writer, commit(6), 9 * MINUTE);
+        r.unwrap();
+        let (image, r) = write(&image, writer, expire(10 * MINUTE), 10 * MINUTE);
+        r.unwrap();
+        assert_eq!(
+            image.groups["simple"].offset("t", 0).map(|o| o.offset),
+            Some(6)
+        );
+        // Ten minutes after that commit, the group and its offsets go.
+        let (image, r) = write(&image, writer, expire(19 * MINUTE), 19 * MINUTE);
+        r.unwrap();
+        assert!(!image.groups.contains_key("simple"));
+        // A group that is gone has nothing to expire.
+        let (_, r) = write(&image, writer, expire(30 * MINUTE), 30 * MINUTE);
+        r.unwrap();
     }
 
     #[test]

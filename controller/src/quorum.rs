@@ -694,6 +694,12 @@ impl Driver {
                     let ours = decode_context(&e.context) == Some((self.node_id, id))
                         && p.position == Some((index, term));
                     let result = if ours {
+                        // Counted once per entry in the cluster, by the node
+                        // that proposed it (a replay after a restart has no
+                        // pending proposals): what each operation costs the log.
+                        metrics::counter!("sluice_quorum_committed_proposals_total").increment(1);
+                        metrics::counter!("sluice_quorum_committed_proposal_bytes_total")
+                            .increment(e.data.len() as u64);
                         Ok((index, term))
                     } else {
                         // Another leader's entry took this index.

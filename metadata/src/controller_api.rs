@@ -224,6 +224,17 @@ pub enum GroupWrite {
         group_id: String,
         partitions: Vec<(String, i32)>,
     },
+    /// Removes the group's offsets that are past `retention_ms` at `now_ms`,
+    /// and the group once nothing is left and it has been empty `grace_ms`,
+    /// judged on the state the write lands on (a commit just before it
+    /// counts). A ZooKeeper-mode coordinator expires what it stores this
+    /// way; KRaft's controller expires on its own image.
+    ExpireOffsets {
+        group_id: String,
+        now_ms: i64,
+        retention_ms: i64,
+        grace_ms: i64,
+    },
 }
 
 impl GroupWrite {
@@ -233,7 +244,8 @@ impl GroupWrite {
             GroupWrite::CommitOffsets { group_id, .. }
             | GroupWrite::RebalanceStarted { group_id, .. }
             | GroupWrite::DeleteGroup { group_id }
-            | GroupWrite::DeleteOffsets { group_id, .. } => group_id,
+            | GroupWrite::DeleteOffsets { group_id, .. }
+            | GroupWrite::ExpireOffsets { group_id, .. } => group_id,
         }
     }
 }

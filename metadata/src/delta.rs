@@ -26,6 +26,9 @@ pub struct MetadataDelta {
     base: Arc<MetadataImage>,
     /// `None` marks a removed topic.
     topics: HashMap<Uuid, Option<TopicImage>>,
+    /// The topic each name this delta created or removed a topic of names
+    /// now (`None`: none), so a name is looked up once, not by a scan.
+    names: HashMap<String, Option<Uuid>>,
     brokers: BTreeMap<i32, BrokerRegistration>,
     configs: BTreeMap<ConfigResource, BTreeMap<String, Option<String>>>,
     next_producer_id: Option<i64>,
@@ -48,6 +51,7 @@ impl MetadataDelta {
         Self {
             base,
             topics: HashMap::new(),
+            names: HashMap::new(),
             brokers: BTreeMap::new(),
             configs: BTreeMap::new(),
             next_producer_id: None,
@@ -94,13 +98,19 @@ impl MetadataDelta {
         }
     }
 
+    /// The topic as this delta has it, to change in place: a partition
+    /// record costs one map insert, however many partitions the topic has.
+    fn topic_mut(&mut self, id: &Uuid) -> Option<&mut TopicImage> {
+        if !self.topics.contains_key(id) {
+            let topic = self.current_topic(id)?;
+            self.topics.insert(*id, Some(topic));
+        }
+        self.topics.get_mut(id)?.as_mut()
+    }
+
     fn topic_id_for_name(&self, name: &str) -> Option<Uuid> {
-        for (id, topic) in &self.topics {
-            if let Some(topic) = topic {
-                if topic.name == name {
-                    return Some(*id);
-                }
-            }
+        if let Some(named) = self.names.get(name) {
+            return *named;
         }
         if self.replaces_base {
             return None;
@@ -139,13 +149,14 @@ impl MetadataDelta {
                 let topic = self.current_topic(&t.topic_id).unwrap_or(TopicImage {
                     name: t.name.clone(),
                     id: t.topic_id,
-                    partitions: BTreeMap::new(),
+                    partitions: imbl::OrdMap::new(),
                 });
+                self.names.insert(t.name.clone(), Some(t.topic_id));
                 self.topics.insert(t.topic_id, Some(topic));
             }
             MetadataRecord::Partition(p) => {
-                let mut topic = self
-                    .current_topic(&p.topic_id)
+                let topic = self
+                    .topic_mut(&p.topic_id)
                     .ok_or(ReplayError::UnknownTopicId(p.topic_id))?;
                 topic.partitions.insert(
                     p.partition,
@@ -157,7 +168,6 @@ impl MetadataDelta {
                         partition_epoch: p.partition_epoch,
                     },
                 );
-                self.topics.insert(p.topic_id, Some(topic));
             }
             MetadataRecord::RemoveTopic(r) => {
                 let topic = self
@@ -166,6 +176,13 @@ impl MetadataDelta {
                 // The topic's dynamic configs go with it.
                 let base = (!self.replaces_base).then_some(&*self.base);
                 self.groups.remove_topic(base, &topic.name);
+                if self
+                    .names
+                    .get(&topic.name)
+                    .is_none_or(|named| *named == Some(r.topic_id))
+                {
+                    self.names.insert(topic.name.clone(), None);
+                }
                 let resource = ConfigResource::Topic(topic.name);
                 let mut names: Vec<String> = match self.base.configs.get(&resource) {
                     Some(entries) if !self.replaces_base => entries.keys().cloned().collect(),
@@ -266,18 +283,25 @@ impl MetadataDelta {
         let (topics_by_id, topic_ids_by_name) = if self.topics.is_empty() && !self.replaces_base {
             (base.topics_by_id.clone(), base.topic_ids_by_name.clone())
         } else {
-            let mut by_id = (*start.topics_by_id).clone();
-            let mut by_name = (*start.topic_ids_by_name).clone();
-            for (id, topic) in &self.topics {
+            let mut by_id = start.topics_by_id.clone();
+            let mut by_name = start.topic_ids_by_name.clone();
+            // Every old entry goes before any new one is added: one delta
+            // may remove a topic and create another under its name (a
+            // ZooKeeper-mode push), in whatever order the map yields them.
+            for id in self.topics.keys() {
                 if let Some(old) = by_id.remove(id) {
-                    by_name.remove(&old.name);
+                    if by_name.get(&old.name) == Some(id) {
+                        by_name.remove(&old.name);
+                    }
                 }
+            }
+            for (id, topic) in &self.topics {
                 if let Some(topic) = topic {
                     by_name.insert(topic.name.clone(), *id);
                     by_id.insert(*id, Arc::new(topic.clone()));
                 }
             }
-            (Arc::new(by_id), Arc::new(by_name))
+            (by_id, by_name)
         };
 
         let configs = if self.configs.is_empty() && !self.replaces_base {
@@ -315,6 +339,96 @@ impl MetadataDelta {
 pub(crate) mod tests {
     use super::*;
     use crate::records::*;
+
+    #[test]
+    fn a_topic_removed_and_recreated_in_one_delta_keeps_its_name() {
+        // The map of changed topics yields ids in no fixed order: try many.
+        for _ in 0..64 {
+            let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+            let mut delta = MetadataDelta::new(MetadataImage::empty());
+            delta.replay_all(&topic("t", old, 1, vec![1])).unwrap();
+            let image = delta.apply(1);
+            let mut delta = MetadataDelta::new(image);
+            let mut records = vec![MetadataRecord::RemoveTopic(RemoveTopicRecord {
+                topic_id: old,
+            })];
+            records.extend(topic("t", new, 1, vec![1]));
+            delta.replay_all(&records).unwrap();
+            let image = delta.apply(2);
+            assert_eq!(image.topic("t").map(|t| t.id), Some(new));
+            assert!(image.topic_by_id(&old).is_none());
+        }
+    }
+
+    /// An image of `topics` topics of `partitions` partitions each.
+    fn image_of(topics: usize, partitions: i32) -> Arc<MetadataImage> {
+        let mut delta = MetadataDelta::new(MetadataImage::empty());
+        for t in 0..topics {
+            delta
+                .replay_all(&topic(
+                    &format!("t{t}"),
+                    Uuid::new_v4(),
+                    partitions,
+                    vec![1],
+                ))
+                .unwrap();
+        }
+        delta.apply(1)
+    }
+
+    /// Bytes allocated to replay, apply and look at a delta that moves the
+    /// leadership of the first `changed` partitions of one topic of `image`.
+    fn cost_of_leader_changes(image: &Arc<MetadataImage>, changed: i32) -> usize {
+        let id = image.topic("t0").unwrap().id;
+        let records: Vec<MetadataRecord> = (0..changed)
+            .map(|partition| {
+                MetadataRecord::Partition(PartitionRecord {
+                    topic_id: id,
+                    partition,
+                    replicas: vec![1, 2],
+                    isr: vec![1, 2],
+                    leader: 2,
+                    leader_epoch: 1,
+                    partition_epoch: 1,
+                })
+            })
+            .collect();
+        let (bytes, next) = sluice_test_alloc::bytes_allocated(|| {
+            let mut delta = MetadataDelta::new(image.clone());
+            delta.replay_all(&records).unwrap();
+            delta.apply(2)
+        });
+        assert_eq!(next.topic("t0").unwrap().partitions[&0].leader, 2);
+        bytes
+    }
+
+    /// Replaying a partition record must not copy its topic, nor applying a
+    /// delta the map of every topic: either makes a cluster of 100,000
+    /// partitions replay its log in O(partitions²).
+    #[test]
+    fn a_partition_change_costs_the_same_in_a_small_and_a_large_image() {
+        let small = image_of(10, 100);
+        let many_partitions = image_of(10, 20_000);
+        let many_topics = image_of(20_000, 1);
+        let base = cost_of_leader_changes(&small, 1);
+        for (what, image) in [
+            ("20,000 partitions in the topic", &many_partitions),
+            ("20,000 topics", &many_topics),
+        ] {
+            let bytes = cost_of_leader_changes(image, 1);
+            assert!(
+                bytes < 4 * base + 64 * 1024,
+                "one partition change allocates {bytes} bytes with {what}, {base} in a small image"
+            );
+        }
+        // A hundred records into a 20,000-partition topic: not a hundred copies.
+        let bytes = cost_of_leader_changes(&many_partitions, 100);
+        let base = cost_of_leader_changes(&small, 100);
+        assert!(
+            bytes < 4 * base + 64 * 1024,
+            "a hundred partition changes allocate {bytes} bytes in a 20,000-partition topic, {base} in a 100-partition one"
+        );
+    }
 
     /// A topic's records: the topic and `partitions` partitions on `replicas`.
     pub(crate) fn topic(

@@ -64,35 +64,12 @@ impl GroupImage {
         if let Some(membership) = &self.membership {
             records.push(MetadataRecord::Group((**membership).clone()));
         }
-        let mut by_time: BTreeMap<i64, BTreeMap<&str, Vec<PartitionOffset>>> = BTreeMap::new();
-        for (topic, partitions) in &self.offsets {
-            for (&partition, committed) in partitions.iter() {
-                by_time
-                    .entry(committed.commit_timestamp)
-                    .or_default()
-                    .entry(topic)
-                    .or_default()
-                    .push(PartitionOffset {
-                        partition,
-                        offset: committed.offset,
-                        leader_epoch: committed.leader_epoch,
-                        metadata: committed.metadata.clone(),
-                    });
-            }
-        }
-        for (commit_timestamp, topics) in by_time {
-            records.push(MetadataRecord::Offsets(OffsetCommitRecord {
-                group_id: self.group_id.clone(),
-                commit_timestamp,
-                topics: topics
-                    .into_iter()
-                    .map(|(topic, partitions)| TopicOffsets {
-                        topic: topic.to_string(),
-                        partitions,
-                    })
-                    .collect(),
-            }));
-        }
+        let offsets = self.offsets.iter().flat_map(|(topic, partitions)| {
+            partitions
+                .iter()
+                .map(move |(&partition, committed)| (topic.as_str(), partition, committed))
+        });
+        offset_records(&self.group_id, offsets, records);
     }
 
     fn commit(&mut self, record: &OffsetCommitRecord) {
@@ -247,6 +224,42 @@ fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// Committed offsets as metadata records: one record per distinct commit
+/// time, so replaying them keeps each offset's own timestamp.
+pub fn offset_records<'a>(
+    group_id: &str,
+    offsets: impl IntoIterator<Item = (&'a str, i32, &'a CommittedOffset)>,
+    records: &mut Vec<MetadataRecord>,
+) {
+    let mut by_time: BTreeMap<i64, BTreeMap<&str, Vec<PartitionOffset>>> = BTreeMap::new();
+    for (topic, partition, committed) in offsets {
+        by_time
+            .entry(committed.commit_timestamp)
+            .or_default()
+            .entry(topic)
+            .or_default()
+            .push(PartitionOffset {
+                partition,
+                offset: committed.offset,
+                leader_epoch: committed.leader_epoch,
+                metadata: committed.metadata.clone(),
+            });
+    }
+    for (commit_timestamp, topics) in by_time {
+        records.push(MetadataRecord::Offsets(OffsetCommitRecord {
+            group_id: group_id.to_string(),
+            commit_timestamp,
+            topics: topics
+                .into_iter()
+                .map(|(topic, partitions)| TopicOffsets {
+                    topic: topic.to_string(),
+                    partitions,
+                })
+                .collect(),
+        }));
+    }
 }
 
 #[cfg(test)]

@@ -6,15 +6,19 @@
 //! every node replays the committed ones through a delta.
 
 pub mod configs;
+pub mod control_requests;
 pub mod controller_api;
 mod delta;
 mod groups;
 mod image;
 pub mod loader;
 mod records;
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: sluice_test_alloc::TrackingAllocator = sluice_test_alloc::TrackingAllocator;
 
 pub use delta::{LocalChanges, MetadataDelta, ReplayError};
-pub use groups::{group_coordinator, CommittedOffset, GroupImage, GroupMap};
+pub use groups::{group_coordinator, offset_records, CommittedOffset, GroupImage, GroupMap};
 pub use image::{BrokerRegistration, MetadataImage, PartitionRegistration, TopicImage};
 pub use loader::{LoadError, MetadataLoader, Publisher};
 pub use records::{

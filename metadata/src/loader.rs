@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::delta::{MetadataDelta, ReplayError};
 use crate::image::MetadataImage;
-use crate::records::{decode_batch, RecordDecodeError};
+use crate::records::{decode_batch, MetadataRecord, RecordDecodeError};
 
 /// Reacts to each new image; called in log order, never concurrently.
 pub trait Publisher: Send + Sync {
@@ -119,6 +119,21 @@ impl MetadataLoader {
     pub fn load_entry(&mut self, offset: u64, data: &[u8]) -> Result<(), LoadError> {
         let mut delta = MetadataDelta::new(self.image.clone());
         self.replay_into(&mut delta, offset, data)?;
+        self.publish(delta, offset);
+        Ok(())
+    }
+
+    /// Applies records that did not come from a log (ZooKeeper mode: a
+    /// controller's push, or a write this broker made to ZooKeeper itself)
+    /// as the change at `offset`. Records that fail to replay are discarded
+    /// whole.
+    pub fn load_records(
+        &mut self,
+        offset: u64,
+        records: &[MetadataRecord],
+    ) -> Result<(), ReplayError> {
+        let mut delta = MetadataDelta::new(self.image.clone());
+        delta.replay_all(records)?;
         self.publish(delta, offset);
         Ok(())
     }

@@ -12,9 +12,11 @@
 //! rebuilds it.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::fs::{self, File, OpenOptions};
+use crate::open_files::LazyFile;
 use crate::StorageError;
 
 /// One offset index entry.
@@ -76,11 +78,14 @@ impl Entry for TimeEntry {
     }
 }
 
-/// An index file plus its entries in memory.
+/// An index file plus its entries in memory. Lookups use the entries, so
+/// the file is opened only to change it: a partition that takes no writes
+/// holds no descriptor for its indexes (a broker with 10,000 partitions
+/// would otherwise need 20,000 for them alone), and one that does shares the
+/// process's budget of open files (see [`crate::open_files`]).
 #[derive(Debug)]
 struct IndexFile<E: Entry> {
-    path: PathBuf,
-    file: File,
+    file: LazyFile,
     entries: Vec<E>,
 }
 
@@ -101,11 +106,16 @@ impl<E: Entry> IndexFile<E> {
     }
 
     fn create(path: &Path) -> Result<Self, StorageError> {
+        Self::open_file(path, true)?;
         Ok(IndexFile {
-            path: path.to_path_buf(),
-            file: Self::open_file(path, true)?,
+            file: LazyFile::closed(path.to_path_buf()),
             entries: Vec::new(),
         })
+    }
+
+    /// The open file, opened now if it is not yet.
+    fn handle(&mut self) -> Result<Arc<File>, StorageError> {
+        Ok(self.file.get()?)
     }
 
     /// Loads an existing file. `Ok(None)` if it is missing or malformed.
@@ -124,9 +134,9 @@ impl<E: Entry> IndexFile<E> {
         if entries.windows(2).any(|w| !w[1].follows(&w[0])) {
             return Ok(None);
         }
+        drop(file);
         Ok(Some(IndexFile {
-            path: path.to_path_buf(),
-            file,
+            file: LazyFile::closed(path.to_path_buf()),
             entries,
         }))
     }
@@ -134,7 +144,7 @@ impl<E: Entry> IndexFile<E> {
     fn append(&mut self, e: E) -> Result<(), StorageError> {
         let mut buf = Vec::with_capacity(E::SIZE);
         e.encode(&mut buf);
-        self.file.write_all(&buf)?;
+        (&*self.handle()?).write_all(&buf)?;
         self.entries.push(e);
         Ok(())
     }
@@ -145,8 +155,9 @@ impl<E: Entry> IndexFile<E> {
         for e in &entries {
             e.encode(&mut buf);
         }
-        self.file.set_len(0)?;
-        self.file.write_all(&buf)?;
+        let file = self.handle()?;
+        file.set_len(0)?;
+        (&*file).write_all(&buf)?;
         self.entries = entries;
         Ok(())
     }
@@ -155,23 +166,32 @@ impl<E: Entry> IndexFile<E> {
     fn truncate_entries(&mut self, n: usize) -> Result<(), StorageError> {
         if n < self.entries.len() {
             self.entries.truncate(n);
-            self.file.set_len((n * E::SIZE) as u64)?;
+            self.handle()?.set_len((n * E::SIZE) as u64)?;
         }
         Ok(())
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.file.sync_data()?;
+        if let Some(file) = self.sync_handle()? {
+            file.sync_data()?;
+        }
         Ok(())
     }
 
-    fn sync_handle(&self) -> Result<File, StorageError> {
-        Ok(self.file.try_clone()?)
+    /// A handle to fsync the file through (opened again if it was closed:
+    /// an fsync covers the file, whichever descriptor asks), none when the
+    /// file is gone (a cleaned segment's, replaced on disk already).
+    fn sync_handle(&self) -> Result<Option<Arc<File>>, StorageError> {
+        match self.file.get() {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn delete(self) -> Result<(), StorageError> {
-        drop(self.file);
-        match fs::remove_file(&self.path) {
+        self.file.close();
+        match fs::remove_file(self.file.path()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
@@ -240,7 +260,7 @@ impl OffsetIndex {
     }
 
     /// A handle to fsync the index through without its owner's lock.
-    pub fn sync_handle(&self) -> Result<File, StorageError> {
+    pub fn sync_handle(&self) -> Result<Option<Arc<File>>, StorageError> {
         self.0.sync_handle()
     }
 
@@ -311,7 +331,7 @@ impl TimeIndex {
     }
 
     /// A handle to fsync the index through without its owner's lock.
-    pub fn sync_handle(&self) -> Result<File, StorageError> {
+    pub fn sync_handle(&self) -> Result<Option<Arc<File>>, StorageError> {
         self.0.sync_handle()
     }
 
@@ -323,6 +343,35 @@ impl TimeIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_holds_a_descriptor_only_once_it_is_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.index");
+        let mut idx = OffsetIndex::create(&path).unwrap();
+        assert!(!idx.0.file.is_open(), "a new index holds its file open");
+        assert!(path.exists());
+        idx.flush().unwrap();
+        idx.append(10, 1000).unwrap();
+        idx.append(20, 2000).unwrap();
+        assert!(idx.0.file.is_open());
+        idx.flush().unwrap();
+        drop(idx);
+
+        // Loaded, it answers from memory with the file closed, and opens it
+        // again to change it.
+        let mut idx = OffsetIndex::load(&path).unwrap().unwrap();
+        assert!(!idx.0.file.is_open(), "a loaded index holds its file open");
+        assert_eq!(idx.lookup(25).unwrap().position, 2000);
+        assert!(!idx.0.file.is_open());
+        idx.append(30, 3000).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * 8);
+
+        let mut time = TimeIndex::create(&dir.path().join("0.timeindex")).unwrap();
+        assert!(!time.0.file.is_open());
+        time.truncate_to_offset(0).unwrap();
+        time.flush().unwrap();
+    }
 
     #[test]
     fn offset_index_lookup_and_reload() {

@@ -11,6 +11,7 @@ pub mod fs;
 pub mod index;
 pub mod leader_epoch;
 pub mod log;
+pub mod open_files;
 pub mod producer_state;
 pub mod segment;
 
@@ -25,6 +26,7 @@ pub use log::{
 pub mod raft_store;
 
 #[cfg(test)]
-mod test_alloc;
+#[global_allocator]
+static ALLOCATOR: sluice_test_alloc::TrackingAllocator = sluice_test_alloc::TrackingAllocator;
 #[cfg(test)]
 mod test_rng;

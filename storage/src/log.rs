@@ -232,7 +232,7 @@ fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
 pub struct PendingCheckpoint {
     dir: PathBuf,
     /// Handles on the files with unflushed writes.
-    unflushed: Vec<File>,
+    unflushed: Vec<Arc<File>>,
     flushed_to: i64,
     started_ms: i64,
     generation: u64,
@@ -1318,7 +1318,15 @@ impl PartitionLog {
 
     /// No checkpoint prepared earlier writes its files any more: the log's
     /// directory is about to be renamed away, and a new one may take its name.
+    /// For the same reason the segments keep their files open from now on
+    /// (whatever the budget of open files), never to reopen them by a name
+    /// that may by then belong to the new directory.
     pub fn stop_checkpoint_writes(&mut self) {
+        for seg in &self.segments {
+            if let Err(e) = seg.pin_open() {
+                tracing::warn!(segment = %seg.log_path().display(), error = %e, "cannot keep a segment of a log going away open");
+            }
+        }
         *self
             .checkpoint_files
             .lock()

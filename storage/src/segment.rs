@@ -9,12 +9,14 @@
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader, Origin, HEADER_SIZE};
 use crate::fs::{self, File, OpenOptions};
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use crate::open_files::LazyFile;
 use crate::StorageError;
 
 /// Read window used when walking headers near an index entry.
@@ -99,7 +101,8 @@ pub struct Segment {
     log_path: PathBuf,
     index_path: PathBuf,
     time_index_path: PathBuf,
-    file: File,
+    /// The `.log`, open only while in use (see [`crate::open_files`]).
+    file: LazyFile,
     size: u64,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
@@ -131,6 +134,7 @@ impl Segment {
             .truncate(false)
             .open(&log_path)?;
         file.set_len(0)?;
+        let file = LazyFile::opened(log_path.clone(), file);
         let index_path = segment_file(dir, base_offset, "index");
         let time_index_path = segment_file(dir, base_offset, "timeindex");
         Ok(Segment {
@@ -162,6 +166,7 @@ impl Segment {
         let file = OpenOptions::new().read(true).append(true).open(&log_path)?;
         let size = file.metadata()?.len();
         let mtime = file_mtime_ms(&file);
+        let file = LazyFile::opened(log_path.clone(), file);
         let index_path = segment_file(dir, base_offset, "index");
         let time_index_path = segment_file(dir, base_offset, "timeindex");
         let (offset_index, time_index, loaded) = match (
@@ -223,7 +228,8 @@ impl Segment {
             Some(e) => u64::from(e.position),
         };
         if let Some(e) = self.offset_index.last() {
-            let mut r = ChunkReader::new(&self.file, self.size, HEADER_SIZE);
+            let file = self.file.get()?;
+            let mut r = ChunkReader::new(&file, self.size, HEADER_SIZE);
             let Some(hb) = r.get(start, HEADER_SIZE)? else {
                 return Ok(Err(format!("offset index points past the end ({start})")));
             };
@@ -238,7 +244,8 @@ impl Segment {
         };
         let mut next = self.base_offset;
         let mut pos = start;
-        let mut r = ChunkReader::new(&self.file, self.size, SCAN_WINDOW);
+        let file = self.file.get()?;
+        let mut r = ChunkReader::new(&file, self.size, SCAN_WINDOW);
         while pos < self.size {
             let Some(hb) = r.get(pos, HEADER_SIZE)? else {
                 return Ok(Err(format!("torn header at {pos}")));
@@ -305,7 +312,8 @@ impl Segment {
             } else {
                 LOOKUP_WINDOW * 4
             };
-            let mut r = ChunkReader::new(&self.file, self.size, window);
+            let file = self.file.get()?;
+            let mut r = ChunkReader::new(&file, self.size, window);
             while pos < self.size {
                 let Some(hb) = r.get(pos, HEADER_SIZE)? else {
                     stop_reason = Some("torn batch header".to_string());
@@ -391,8 +399,9 @@ impl Segment {
                 reason = stop_reason.as_deref().unwrap_or("unknown"),
                 "truncating torn or corrupt data at the end of the segment"
             );
-            self.file.set_len(pos)?;
-            self.file.sync_data()?;
+            let file = self.file.get()?;
+            file.set_len(pos)?;
+            file.sync_data()?;
             self.size = pos;
         }
         self.offset_index.rewrite(st.offset_entries)?;
@@ -474,11 +483,12 @@ impl Segment {
             return Ok(());
         }
         let start = self.size;
-        if let Err(e) = self.file.write_all(data) {
+        let file = self.file.get()?;
+        if let Err(e) = (&*file).write_all(data) {
             // Do not leave half a batch behind: the file is opened O_APPEND,
             // so the next write would land after it, at a position the
             // indexes do not know.
-            return Err(match self.file.set_len(start) {
+            return Err(match file.set_len(start) {
                 Ok(()) => e.into(),
                 Err(cut) => StorageError::LogFailed(format!(
                     "{}: an append failed ({e}) and cutting its partial data back to {start} bytes failed too ({cut})",
@@ -535,7 +545,7 @@ impl Segment {
             return Ok(Bytes::new());
         }
         let mut buf = vec![0u8; (end - position) as usize];
-        self.file.read_exact_at(&mut buf, position)?;
+        self.file.get()?.read_exact_at(&mut buf, position)?;
         Ok(Bytes::from(buf))
     }
 
@@ -544,7 +554,8 @@ impl Segment {
         if position >= self.size {
             return Ok(None);
         }
-        let mut r = ChunkReader::new(&self.file, self.size, HEADER_SIZE);
+        let file = self.file.get()?;
+        let mut r = ChunkReader::new(&file, self.size, HEADER_SIZE);
         match r.get(position, HEADER_SIZE)? {
             None => Err(self.corrupt(position, "torn header")),
             Some(hb) => BatchHeader::parse(hb)
@@ -568,7 +579,8 @@ impl Segment {
         window: usize,
         mut f: impl FnMut(u64, &BatchHeader) -> bool,
     ) -> Result<(), StorageError> {
-        let mut r = ChunkReader::new(&self.file, self.size, window);
+        let file = self.file.get()?;
+        let mut r = ChunkReader::new(&file, self.size, window);
         let mut pos = position;
         while pos < self.size {
             let h = match r.get(pos, HEADER_SIZE)? {
@@ -783,7 +795,7 @@ impl Segment {
             return Ok(0);
         };
         let removed = self.size - pos;
-        self.file.set_len(pos)?;
+        self.file.get()?.set_len(pos)?;
         self.size = pos;
         self.dirty = true;
         self.offset_index.truncate_to_position(pos)?;
@@ -815,15 +827,13 @@ impl Segment {
     /// the fsync can run without the log's lock. The segment counts as
     /// flushed from now on; [`Segment::mark_unflushed`] undoes that if the
     /// fsync then fails.
-    pub fn take_unflushed(&mut self) -> Result<Vec<crate::fs::File>, StorageError> {
+    pub fn take_unflushed(&mut self) -> Result<Vec<Arc<File>>, StorageError> {
         if !self.dirty {
             return Ok(Vec::new());
         }
-        let handles = vec![
-            self.file.try_clone()?,
-            self.offset_index.sync_handle()?,
-            self.time_index.sync_handle()?,
-        ];
+        let mut handles = vec![self.file.get()?];
+        handles.extend(self.offset_index.sync_handle()?);
+        handles.extend(self.time_index.sync_handle()?);
         self.dirty = false;
         Ok(handles)
     }
@@ -836,7 +846,7 @@ impl Segment {
     /// last flush.
     pub fn flush(&mut self) -> Result<(), StorageError> {
         if self.dirty {
-            self.file.sync_data()?;
+            self.file.get()?.sync_data()?;
             self.offset_index.flush()?;
             self.time_index.flush()?;
             self.dirty = false;
@@ -853,13 +863,19 @@ impl Segment {
             time_index,
             ..
         } = self;
-        drop(file);
+        file.close();
         offset_index.delete()?;
         time_index.delete()?;
         match fs::remove_file(&log_path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    /// Keeps the `.log` open until the segment is dropped, even beyond the
+    /// budget of open files: its name is about to go to another file.
+    pub fn pin_open(&self) -> Result<(), StorageError> {
+        Ok(self.file.pin()?)
     }
 
     /// Paths of the index files.
@@ -948,7 +964,7 @@ mod tests {
             append(&mut seg, &batch_at(i * 2, 2, 5));
         }
         let good = seg.size();
-        seg.file.write_all(&[0xab; 100]).unwrap();
+        (&*seg.file.get().unwrap()).write_all(&[0xab; 100]).unwrap();
         seg.size += 100;
         assert_eq!(seg.recover().unwrap(), 100);
         assert_eq!(seg.size(), good);

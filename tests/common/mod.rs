@@ -1,4 +1,4 @@
-//! Test harness: real `sluice server` processes on 127.0.0.1 with ephemeral
+//! Test harness: real `sluice server` processes on 127.0.0.1 with free
 //! ports and data in a temp dir, stopped (or killed) by the test.
 
 #![allow(dead_code)]
@@ -6,6 +6,7 @@
 pub mod acked;
 pub mod cluster;
 pub mod netns;
+pub mod zk;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -28,12 +29,25 @@ pub struct Server {
     open_file_limit: Option<(u64, u64)>,
 }
 
-/// A port free right now (the server binds it a moment later).
+/// A port free right now (the server binds it a moment later), from
+/// 10000..20000: below Linux's ephemeral range (32768 and up), because a
+/// restarted node binds its old port again and an ephemeral port may by then
+/// be the source port of some outgoing connection. Each test process starts
+/// at its own offset so that test binaries running side by side rarely meet.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const COUNT: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = std::process::id().wrapping_mul(157) % COUNT;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 impl Server {
@@ -49,12 +63,12 @@ impl Server {
             child: None,
             data,
             _dir: Some(dir),
-            port: 0,
+            port: free_port(),
             metrics_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             open_file_limit: None,
         };
-        server.launch(0);
+        server.launch(server.port);
         server
     }
 

@@ -1,5 +1,7 @@
 """confluent-kafka (librdkafka inside the wheel): produce, consume, admin."""
 
+import time
+
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
@@ -76,6 +78,15 @@ def test_one_megabyte_messages_and_idempotent_producer(server):
     assert [int(m.value()) for m in got] == list(range(5000))
 
 
+def wait_for_topic(admin, topic, limit=10):
+    deadline = time.monotonic() + limit
+    while True:
+        md = admin.list_topics(timeout=10)
+        if topic in md.topics or time.monotonic() > deadline:
+            return md
+        time.sleep(0.1)
+
+
 def test_admin_create_list_describe_alter_delete_and_errors(server):
     admin = AdminClient({"bootstrap.servers": server.bootstrap})
     # validate_only creates nothing
@@ -84,10 +95,14 @@ def test_admin_create_list_describe_alter_delete_and_errors(server):
 
     fs = admin.create_topics([NewTopic("admin-a", 3, 1, config={"retention.ms": "123456", "cleanup.policy": "delete"})])
     fs["admin-a"].result(10)
-    md = admin.list_topics(timeout=10)
+    # With several brokers, the one asked may learn of the topic a moment
+    # after the one that created it.
+    md = wait_for_topic(admin, "admin-a")
     assert len(md.topics["admin-a"].partitions) == 3
     assert md.cluster_id
-    assert md.controller_id == 1
+    # KRaft: the combined node 1; ZK mode: whichever broker holds /controller.
+    broker_ids = [id for id, _ in server.brokers]
+    assert md.controller_id in broker_ids
 
     res = ConfigResource(ConfigResource.Type.TOPIC, "admin-a")
     configs = admin.describe_configs([res])[res].result(10)
@@ -103,9 +118,8 @@ def test_admin_create_list_describe_alter_delete_and_errors(server):
 
     cluster = admin.describe_cluster().result(10)
     assert cluster.cluster_id == md.cluster_id
-    assert cluster.controller.id == 1
-    assert [n.id for n in cluster.nodes] == [1]
-    assert cluster.nodes[0].port == server.port
+    assert cluster.controller.id == md.controller_id
+    assert sorted((n.id, n.port) for n in cluster.nodes) == server.brokers
 
     admin.create_partitions([NewPartitions("admin-a", 5)])["admin-a"].result(10)
     assert len(admin.list_topics(timeout=10).topics["admin-a"].partitions) == 5
@@ -117,7 +131,8 @@ def test_admin_create_list_describe_alter_delete_and_errors(server):
 
     assert error_of(admin.create_topics([NewTopic("admin-a", 1, 1)])["admin-a"]) == KafkaError.TOPIC_ALREADY_EXISTS
     assert error_of(admin.create_topics([NewTopic("bad/name", 1, 1)])["bad/name"]) == KafkaError.TOPIC_EXCEPTION
-    assert error_of(admin.create_topics([NewTopic("rf", 1, 3)])["rf"]) == KafkaError.INVALID_REPLICATION_FACTOR
+    too_many = len(server.brokers) + 1
+    assert error_of(admin.create_topics([NewTopic("rf", 1, too_many)])["rf"]) == KafkaError.INVALID_REPLICATION_FACTOR
     assert error_of(admin.create_topics([NewTopic("cfg", 1, 1, config={"retention.ms": "x"})])["cfg"]) == KafkaError.INVALID_CONFIG
     assert error_of(admin.create_partitions([NewPartitions("admin-a", 2)])["admin-a"]) == KafkaError.INVALID_PARTITIONS
     assert error_of(admin.delete_topics(["missing"])["missing"]) == KafkaError.UNKNOWN_TOPIC_OR_PART

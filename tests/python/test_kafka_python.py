@@ -59,6 +59,16 @@ def test_compression(server, codec):
     assert [r.value for r in got] == [f"{codec} {i}".encode() * 5 for i in range(500)]
 
 
+def eventually(read, wanted, limit=10):
+    """`read()` until it gives `wanted` or `limit` seconds pass; the last value."""
+    deadline = time.monotonic() + limit
+    value = read()
+    while value != wanted and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value
+
+
 def test_seek_and_offsets_for_times(server):
     producer = KafkaProducer(bootstrap_servers=server.bootstrap)
     start = int(time.time() * 1000)
@@ -69,7 +79,9 @@ def test_seek_and_offsets_for_times(server):
     tp = TopicPartition("kp-seek", 0)
     consumer.assign([tp])
     assert consumer.beginning_offsets([tp])[tp] == 0
-    assert consumer.end_offsets([tp])[tp] == 50
+    # With several brokers, metadata about a topic created on first use may
+    # reach the broker asked a moment later.
+    assert eventually(lambda: consumer.end_offsets([tp])[tp], 50) == 50
     assert consumer.offsets_for_times({tp: start})[tp].offset == 0
     assert consumer.offsets_for_times({tp: start + 3_600_000})[tp] is None
     consumer.seek(tp, 40)
@@ -84,7 +96,14 @@ def test_seek_and_offsets_for_times(server):
 def test_admin(server):
     admin = KafkaAdminClient(bootstrap_servers=server.bootstrap)
     admin.create_topics([NewTopic("kp-admin", 2, 1, topic_configs={"retention.ms": "999"})])
-    assert "kp-admin" in admin.list_topics()
+    # With several brokers, the one asked may learn of the topic a moment
+    # after the one that created it.
+    deadline = time.monotonic() + 10
+    topics = admin.list_topics()
+    while "kp-admin" not in topics and time.monotonic() < deadline:
+        time.sleep(0.1)
+        topics = admin.list_topics()
+    assert "kp-admin" in topics
     admin.create_topics([NewTopic("kp-validate", 1, 1)], validate_only=True)
     assert "kp-validate" not in admin.list_topics()
 
@@ -107,15 +126,15 @@ def test_admin(server):
         assert entries["cleanup.policy"][3] == 5  # DEFAULT_CONFIG
 
     admin.create_partitions({"kp-admin": NewPartitions(4)})
-    described = admin.describe_topics(["kp-admin"])
-    assert len(described[0]["partitions"]) == 4
+    assert eventually(lambda: len(admin.describe_topics(["kp-admin"])[0]["partitions"]), 4) == 4
 
     with pytest.raises(TopicAlreadyExistsError):
         admin.create_topics([NewTopic("kp-admin", 1, 1)])
     with pytest.raises(InvalidTopicError):
         admin.create_topics([NewTopic("bad topic", 1, 1)])
+    # More replicas than the cluster has brokers.
     with pytest.raises(InvalidReplicationFactorError):
-        admin.create_topics([NewTopic("kp-rf", 1, 2)])
+        admin.create_topics([NewTopic("kp-rf", 1, len(server.brokers) + 1)])
     with pytest.raises(InvalidPartitionsError):
         admin.create_partitions({"kp-admin": NewPartitions(1)})
 

@@ -10,7 +10,7 @@ mod offsets;
 mod produce;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -23,6 +23,7 @@ use sluice_metadata::controller_api::ControllerApi;
 use tokio::sync::Mutex;
 
 use crate::config::BrokerConfig;
+use crate::control_plane::{self, ControlPlane};
 use crate::group::GroupCoordinator;
 use crate::memory::{MemoryLease, MemoryPool};
 use crate::replica::ReplicaManager;
@@ -48,6 +49,9 @@ pub struct Broker {
     /// (`queued.max.request.bytes`).
     pub memory: MemoryPool,
     producer_ids: Mutex<ProducerIdBlock>,
+    /// A ZooKeeper-mode node's control plane, which takes the controller's
+    /// pushes; KRaft nodes have none.
+    control_plane: OnceLock<Arc<dyn ControlPlane>>,
 }
 
 /// Producer ids this broker may hand out without asking the controller.
@@ -76,7 +80,17 @@ impl Broker {
             bound_port,
             memory,
             producer_ids: Mutex::new(ProducerIdBlock::default()),
+            control_plane: OnceLock::new(),
         }
+    }
+
+    /// Routes control requests (a ZooKeeper-mode controller's pushes) to `plane`.
+    pub fn set_control_plane(&self, plane: Arc<dyn ControlPlane>) {
+        let _ = self.control_plane.set(plane);
+    }
+
+    pub(crate) fn takes_control_requests(&self) -> bool {
+        self.control_plane.get().is_some()
     }
 
     pub fn advertised_port(&self) -> u16 {
@@ -103,6 +117,22 @@ impl Broker {
     /// this broker's block is used up.
     async fn next_producer_id(&self) -> Result<i64, ResponseError> {
         let mut block = self.producer_ids.lock().await;
+        self.refill_producer_ids(&mut block).await?;
+        let id = block.next;
+        block.next += 1;
+        Ok(id)
+    }
+
+    /// Takes a block of producer ids now, so that idempotent producers can
+    /// start while the control plane is unreachable (a ZooKeeper-mode
+    /// broker during an ensemble outage), as Kafka's brokers take their
+    /// first block at start-up.
+    pub async fn reserve_producer_ids(&self) -> Result<(), ResponseError> {
+        let mut block = self.producer_ids.lock().await;
+        self.refill_producer_ids(&mut block).await
+    }
+
+    async fn refill_producer_ids(&self, block: &mut ProducerIdBlock) -> Result<(), ResponseError> {
         if block.next >= block.end {
             let first = self
                 .controller
@@ -112,9 +142,7 @@ impl Broker {
             block.next = first;
             block.end = first + PRODUCER_ID_BLOCK;
         }
-        let id = block.next;
-        block.next += 1;
-        Ok(id)
+        Ok(())
     }
 }
 
@@ -278,6 +306,9 @@ pub async fn dispatch(
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(broker, r).await)
         }
+        RequestKind::Envelope(r) => ResponseKind::Envelope(
+            control_plane::serve(broker.control_plane.get().map(|p| p.as_ref()), r).await,
+        ),
         _ => anyhow::bail!("no handler for {api_key:?}"),
     };
     Ok(Reply::Response(Box::new(response)))

@@ -410,13 +410,18 @@ impl PartitionLog {
             tracing::warn!(dir = %self.dir.display(), base = g.base, "segments to replace are gone; dropping the cleaned segment");
             return remove_cleaned(&self.dir, g.base);
         };
+        // The old segments keep their descriptors open until replaced in
+        // memory below, so reads go on meanwhile (and, should a rename below
+        // fail, afterwards): pinned, they are never closed and reopened by
+        // a name that the cleaned segment takes.
+        for seg in &self.segments[i..i + g.sources.len()] {
+            seg.pin_open()?;
+        }
         let work = work_dir(&self.dir);
         let swap = swap_path(&self.dir, g.base, g.end);
         fs::rename(segment_file(&work, g.base, "log"), &swap)?;
         sync_dir(&self.dir)?;
         crash::point(2)?;
-        // The old segments keep their descriptors open until replaced in
-        // memory below, so reads go on meanwhile.
         remove_segment_files(&self.dir, g.base, g.end)?;
         sync_dir(&self.dir)?;
         crash::point(3)?;

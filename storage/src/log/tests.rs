@@ -1106,7 +1106,7 @@ fn a_read_allocates_no_more_than_lies_below_its_bound() {
     assert_eq!(log.segment_count(), 1);
     // A consumer asking for up to 1 GiB from the start.
     let (largest, read) =
-        crate::test_alloc::largest_allocation(|| log.read(0, 1 << 30, 30).unwrap());
+        sluice_test_alloc::largest_allocation(|| log.read(0, 1 << 30, 30).unwrap());
     assert_eq!(batches_in(&read.records).len(), 3);
     let returned = read.records.len();
     // The index scan reads in windows of a few KiB; nothing near the 8 MiB.
@@ -1124,4 +1124,43 @@ fn a_read_allocates_no_more_than_lies_below_its_bound() {
         4,
         "the batch holding the bound is included"
     );
+}
+
+/// More logs than the process may keep files open for: files are closed
+/// and reopened under them, and appends, reads, rolls, flushes and reopens
+/// do not notice. (The budget is the process's: other tests running now
+/// share it, and must not notice either.)
+#[test]
+fn logs_work_with_more_segments_than_open_files() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::open_files::set_budget(8);
+    let mut logs: Vec<PartitionLog> = (0..40)
+        .map(|i| open(&dir.path().join(format!("p-{i}")), small_segments()))
+        .collect();
+    for round in 0..3 {
+        for log in &mut logs {
+            log.append_as_leader(&batch(2, round * 10), 1, 0).unwrap();
+        }
+    }
+    for (i, log) in logs.iter_mut().enumerate() {
+        assert_eq!(log.log_end_offset(), 6, "log {i}");
+        let read = log.read(0, 1 << 20, MAX).unwrap();
+        assert_eq!(batches_in(&read.records).len(), 3, "log {i}");
+        log.checkpoint().unwrap();
+    }
+    // Half close cleanly, half crash: all reopen whole.
+    for (i, log) in logs.into_iter().enumerate() {
+        if i % 2 == 0 {
+            log.close().unwrap();
+        } else {
+            crash(log);
+        }
+    }
+    for i in 0..40 {
+        let log = open(&dir.path().join(format!("p-{i}")), small_segments());
+        assert_eq!(log.log_end_offset(), 6, "log {i} reopened");
+        let read = log.read(2, 1 << 20, MAX).unwrap();
+        assert_eq!(batches_in(&read.records)[0].0, 2, "log {i} reopened");
+    }
+    crate::open_files::set_budget(4096);
 }
