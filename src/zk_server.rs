@@ -136,6 +136,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         bound.port(),
     ));
     broker.set_control_plane(metadata.clone());
+    broker.hold_clients();
     tasks.push(tokio::spawn(server::run(
         socket,
         broker.clone(),
@@ -146,6 +147,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         .join(Duration::from_secs(600))
         .await
         .context("joining the ZooKeeper-mode cluster")?;
+    broker.admit_clients();
     session.clone().run(stop_rx.clone());
     if let Err(e) = broker.reserve_producer_ids().await {
         warn!(error = %e, "could not take a block of producer ids at start; idempotent producers will ask later");

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::acked::{verify, AckedWriter};
 use common::cluster::{wait_for_controller, zk_view, Cluster};
-use kafka_protocol::messages::EnvelopeRequest;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{EnvelopeRequest, MetadataRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -595,4 +597,66 @@ async fn garbage_pushes_and_a_corrupt_topic_znode_harm_nothing() {
     for broker in cluster.brokers.iter_mut().filter(|b| b.id != controller) {
         assert!(broker.is_running(), "broker {} exited", broker.id);
     }
+}
+
+/// 6. A broker restarted after kill -9 binds its listener before the
+///    controller has told it the cluster (the controller's pushes arrive on
+///    that listener), and with the old registration still in ZooKeeper until
+///    its session expires, that takes seconds. A client asking in that
+///    window must not hear that its topic is gone: librdkafka then sets the
+///    topic's partition count to 0 and a consumer group member loses its
+///    assignment. Every Metadata answer from the restarted broker lists the
+///    topic with all its partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_broker_never_answers_that_a_topic_is_unknown() {
+    let mut cluster = Cluster::start_zk(1, 1, FAST);
+    wait_for_controller(&mut cluster, Duration::from_secs(60)).await;
+    let out = cluster.cli(&["create", "kept", "--partitions", "3"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let address = cluster.broker(1).address();
+    wait_for(&cluster, Duration::from_secs(60), "3 leaders", || {
+        (0..3).all(|p| state(&address, "kept", p).is_some_and(|(leader, _)| leader == 1))
+    });
+
+    cluster.broker(1).kill9();
+    let served =
+        |cluster: &mut Cluster| cluster.broker(1).log().matches("serving Kafka on").count();
+    let served_before = served(&mut cluster);
+    cluster.broker(1).restart();
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("kept"))))]));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answers = 0;
+    // Ask on fresh connections from the moment the port accepts until the
+    // broker has joined (it prints its serving line) and a bit beyond.
+    let mut joined_at: Option<Instant> = None;
+    while joined_at.is_none_or(|at| at.elapsed() < Duration::from_secs(2)) {
+        assert!(Instant::now() < deadline, "no answers\n{}", cluster.logs());
+        if joined_at.is_none() && served(&mut cluster) > served_before {
+            joined_at = Some(Instant::now());
+        }
+        let Ok(mut client) = KafkaClient::connect(&address, "sluice-test").await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        client.set_request_timeout(Duration::from_secs(60));
+        let Ok(response) = client.send(request.clone()).await else {
+            continue;
+        };
+        answers += 1;
+        let topic = &response.topics[0];
+        assert_eq!(
+            (topic.error_code, topic.partitions.len()),
+            (0, 3),
+            "answer {answers} of the restarted broker: {topic:?}\n{}",
+            cluster.logs()
+        );
+    }
+    assert!(answers > 0);
 }

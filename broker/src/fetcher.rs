@@ -393,7 +393,9 @@ impl LeaderFetcher {
                 .with_log_start_offset(log_start)
                 .with_partition_max_bytes(config.replica_fetch_max_bytes);
             let name = TopicName(StrBytes::from_string(f.partition.topic.clone()));
-            match topics.iter_mut().find(|t| t.topic == name) {
+            // Fetch targets come sorted by topic: a topic's partitions are
+            // consecutive, so only the last entry can be theirs.
+            match topics.last_mut().filter(|t| t.topic == name) {
                 Some(topic) => topic.partitions.push(entry),
                 None => topics.push(
                     FetchTopic::default()

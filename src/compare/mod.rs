@@ -27,6 +27,10 @@ pub struct CompareArgs {
     /// Partition counts to measure at, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1000u32, 10000])]
     partitions: Vec<u32>,
+    /// The modes to run, comma-separated: zk, kraft (both by default; one
+    /// alone gives no ratios, but is quicker when looking into one mode).
+    #[arg(long, value_delimiter = ',', default_values_t = ["zk".to_string(), "kraft".to_string()])]
+    modes: Vec<String>,
     /// Replicas of each partition, on the three data brokers. A machine
     /// short of memory or disk for 100,000 partitions at 3 may use 1 (the
     /// report says which was used).
@@ -72,6 +76,7 @@ pub async fn run(args: CompareArgs) -> Result<()> {
         bail!("--replication-factor must be between 1 and {DATA_BROKERS}");
     }
     let replication_factor = args.replication_factor;
+    modes(&args)?;
     let mut notes = Vec::<String>::new();
     // The nodes inherit the open-file limit; they keep within it whatever
     // the partition count (segment files beyond a budget are closed while
@@ -127,6 +132,23 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
+/// The modes `--modes` names, in the report's order.
+fn modes(args: &CompareArgs) -> Result<Vec<Mode>> {
+    for name in &args.modes {
+        if !Mode::ALL.iter().any(|m| m.label() == name) {
+            bail!("--modes takes zk and kraft, not {name:?}");
+        }
+    }
+    let chosen: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| args.modes.iter().any(|name| name == m.label()))
+        .collect();
+    if chosen.is_empty() {
+        bail!("--modes needs at least one mode");
+    }
+    Ok(chosen)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -148,11 +170,12 @@ async fn experiment(
         replication_factor: args.replication_factor,
         common: COMMON.iter().map(|s| s.to_string()).collect(),
     };
+    let modes = modes(args)?;
     let mut progress =
-        Progress::new(args.partitions.len() * args.runs as usize * 2 * STEPS_PER_RUN);
+        Progress::new(args.partitions.len() * args.runs as usize * modes.len() * STEPS_PER_RUN);
     for &partitions in &args.partitions {
         for run in 1..=args.runs {
-            for mode in [Mode::Zk, Mode::Kraft] {
+            for &mode in &modes {
                 let dir = root.join(format!("{}-{partitions}-{run}", mode.label()));
                 let position = Position {
                     mode,

@@ -20,7 +20,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_metadata::controller_api::ControllerApi;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use crate::config::BrokerConfig;
 use crate::control_plane::{self, ControlPlane};
@@ -52,6 +52,10 @@ pub struct Broker {
     /// A ZooKeeper-mode node's control plane, which takes the controller's
     /// pushes; KRaft nodes have none.
     control_plane: OnceLock<Arc<dyn ControlPlane>>,
+    /// False while a ZooKeeper-mode broker has not yet joined: its listener
+    /// is up for the controller's pushes, but its image may still be empty,
+    /// and a client told "unknown topic" then drops the topic's partitions.
+    clients_admitted: watch::Sender<bool>,
 }
 
 /// Producer ids this broker may hand out without asking the controller.
@@ -81,7 +85,24 @@ impl Broker {
             memory,
             producer_ids: Mutex::new(ProducerIdBlock::default()),
             control_plane: OnceLock::new(),
+            clients_admitted: watch::Sender::new(true),
         }
+    }
+
+    /// Client requests wait (on their connection) until [`Broker::admit_clients`];
+    /// ApiVersions and the controller's pushes are answered meanwhile.
+    pub fn hold_clients(&self) {
+        self.clients_admitted.send_replace(false);
+    }
+
+    pub fn admit_clients(&self) {
+        self.clients_admitted.send_replace(true);
+    }
+
+    async fn clients_admitted(&self) {
+        let mut admitted = self.clients_admitted.subscribe();
+        // The sender lives as long as `self`: this cannot fail while we wait.
+        let _ = admitted.wait_for(|&admitted| admitted).await;
     }
 
     /// Routes control requests (a ZooKeeper-mode controller's pushes) to `plane`.
@@ -221,6 +242,9 @@ pub async fn dispatch(
     mut body: Bytes,
     peer: SocketAddr,
 ) -> anyhow::Result<Reply> {
+    if !matches!(api_key, ApiKey::ApiVersions | ApiKey::Envelope) {
+        broker.clients_admitted().await;
+    }
     let version = header.request_api_version;
     let request = RequestKind::decode(api_key, &mut body, version)?;
     let response = match request {
