@@ -8,11 +8,11 @@
 //! batches keep the leader's offsets and epochs (`append_as_follower`), and
 //! the follower's high watermark is the leader's, capped at its own log end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
@@ -23,7 +23,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use sluice_metadata::MetadataImage;
+use sluice_metadata::{MetadataImage, Uuid};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -118,10 +118,37 @@ enum PartitionOutcome {
     OutOfRange,
 }
 
+/// This follower's fetch session with a leader (KIP-227): what the leader
+/// holds of each partition, so a request carries only what changed.
+#[derive(Default)]
+struct FollowerSession {
+    /// 0: no session; the next request asks for one.
+    id: i32,
+    /// The epoch the next incremental request carries.
+    epoch: i32,
+    sent: HashMap<(Uuid, i32), SentPartition>,
+}
+
+struct SentPartition {
+    topic: String,
+    /// Fetch offset, leader epoch and log start, as last sent.
+    position: (i64, i32, i64),
+}
+
+/// After i32::MAX, session epochs go on from 1 (0 asks for a new session).
+fn next_session_epoch(epoch: i32) -> i32 {
+    if epoch == i32::MAX {
+        1
+    } else {
+        epoch + 1
+    }
+}
+
 struct LeaderFetcher {
     broker: Arc<Broker>,
     leader: i32,
     client: Option<KafkaClient>,
+    session: FollowerSession,
     /// Partitions set aside after an error: (leader epoch then, until when).
     delayed: HashMap<TopicPartition, (i32, Instant)>,
     changes: watch::Receiver<u64>,
@@ -134,6 +161,7 @@ impl LeaderFetcher {
             broker,
             leader,
             client: None,
+            session: FollowerSession::default(),
             delayed: HashMap::new(),
             changes,
         }
@@ -156,7 +184,10 @@ impl LeaderFetcher {
             }
             if self.client.is_none() {
                 match self.connect().await {
-                    Ok(client) => self.client = Some(client),
+                    Ok(client) => {
+                        self.client = Some(client);
+                        self.session = FollowerSession::default();
+                    }
                     Err(e) => {
                         warn!(leader = self.leader, error = %e, "cannot reach the partition leader; retrying");
                         tokio::time::sleep(self.backoff()).await;
@@ -382,10 +413,35 @@ impl LeaderFetcher {
             .as_mut()
             .ok_or(ClientError::Timeout("no connection"))?;
         let version = client.version_for::<FetchRequest>(FETCH_VERSION)?;
+        // In a session, only what the leader does not already have goes in
+        // the request; without one (or when asking for one), everything.
+        let session = &mut self.session;
+        let incremental = session.id != 0;
         let mut topics: Vec<FetchTopic> = Vec::new();
-        let mut in_flight: HashMap<TopicPartition, InFlight> = HashMap::new();
-        for f in partitions {
+        let mut sending: Vec<((Uuid, i32), SentPartition)> = Vec::new();
+        let mut by_key: HashMap<(&str, i32), &InFlight> = HashMap::with_capacity(partitions.len());
+        let mut wanted: HashSet<(Uuid, i32)> = HashSet::with_capacity(partitions.len());
+        for f in &partitions {
             let log_start = f.partition.state().log.log_start_offset();
+            let key = (f.partition.topic_id, f.partition.index);
+            by_key.insert((f.partition.topic.as_str(), f.partition.index), f);
+            wanted.insert(key);
+            let position = (f.fetch_offset, f.leader_epoch, log_start);
+            if incremental
+                && session
+                    .sent
+                    .get(&key)
+                    .is_some_and(|s| s.position == position)
+            {
+                continue;
+            }
+            sending.push((
+                key,
+                SentPartition {
+                    topic: f.partition.topic.clone(),
+                    position,
+                },
+            ));
             let entry = FetchPartition::default()
                 .with_partition(f.partition.index)
                 .with_current_leader_epoch(f.leader_epoch)
@@ -404,7 +460,32 @@ impl LeaderFetcher {
                         .with_partitions(vec![entry]),
                 ),
             }
-            in_flight.insert((f.partition.topic.clone(), f.partition.index), f);
+        }
+        let forgotten: Vec<(Uuid, i32)> = if incremental {
+            session
+                .sent
+                .keys()
+                .filter(|key| !wanted.contains(key))
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut forgotten_topics: Vec<ForgottenTopic> = Vec::new();
+        for key in &forgotten {
+            let Some(sent) = session.sent.get(key) else {
+                continue;
+            };
+            let name = TopicName(StrBytes::from_string(sent.topic.clone()));
+            match forgotten_topics.iter_mut().find(|t| t.topic == name) {
+                Some(topic) => topic.partitions.push(key.1),
+                None => forgotten_topics.push(
+                    ForgottenTopic::default()
+                        .with_topic(name)
+                        .with_topic_id(key.0)
+                        .with_partitions(vec![key.1]),
+                ),
+            }
         }
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(config.node_id))
@@ -417,31 +498,67 @@ impl LeaderFetcher {
             .with_min_bytes(config.replica_fetch_min_bytes)
             .with_max_bytes(config.replica_fetch_response_max_bytes)
             .with_isolation_level(0)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(topics);
-        let response = client.send_version(request, version).await?;
+            .with_session_id(session.id)
+            .with_session_epoch(if incremental { session.epoch } else { 0 })
+            .with_topics(topics)
+            .with_forgotten_topics_data(forgotten_topics);
+        let response = match client.send_version(request, version).await {
+            Ok(response) => response,
+            Err(e) => {
+                // The leader may or may not have moved the session on.
+                *session = FollowerSession::default();
+                return Err(e);
+            }
+        };
+        let error = ResponseError::try_from_code(response.error_code);
+        if matches!(
+            error,
+            Some(ResponseError::FetchSessionIdNotFound | ResponseError::InvalidFetchSessionEpoch)
+        ) {
+            debug!(
+                leader = self.leader,
+                ?error,
+                "fetch session lost; starting a new one"
+            );
+            *session = FollowerSession::default();
+            return Ok(());
+        }
         if response.error_code != 0 {
+            *session = FollowerSession::default();
             return Err(ClientError::Protocol(format!(
-                "fetch failed with {:?}",
-                ResponseError::try_from_code(response.error_code)
+                "fetch failed with {error:?}"
             )));
         }
+        if incremental {
+            session.epoch = next_session_epoch(session.epoch);
+            for key in &forgotten {
+                session.sent.remove(key);
+            }
+            session.sent.extend(sending);
+        } else if response.session_id != 0 {
+            session.id = response.session_id;
+            session.epoch = 1;
+            session.sent = sending.into_iter().collect();
+        }
         let mut out_of_range = Vec::new();
+        let mut delayed = Vec::new();
         for topic in response.responses {
-            let name = topic.topic.0.to_string();
             for data in topic.partitions {
-                let Some(f) = in_flight.get(&(name.clone(), data.partition_index)) else {
+                let Some(f) = by_key.get(&(topic.topic.0.as_str(), data.partition_index)) else {
                     continue;
                 };
                 match self.apply_fetched(f, &data) {
                     PartitionOutcome::Done => {}
-                    PartitionOutcome::Delay => self.delay(&f.partition, f.leader_epoch),
+                    PartitionOutcome::Delay => delayed.push((f.partition.clone(), f.leader_epoch)),
                     PartitionOutcome::OutOfRange => {
                         out_of_range.push((f.partition.clone(), f.leader_epoch))
                     }
                 }
             }
+        }
+        drop(by_key);
+        for (partition, epoch) in delayed {
+            self.delay(&partition, epoch);
         }
         for (partition, epoch) in out_of_range {
             self.handle_out_of_range(&partition, epoch).await?;

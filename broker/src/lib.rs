@@ -6,6 +6,7 @@ pub mod control_plane;
 pub mod controller_client;
 pub mod controller_service;
 mod errors;
+pub mod fetch_session;
 pub mod fetcher;
 pub mod group;
 mod handlers;
@@ -22,6 +23,8 @@ pub mod replica;
 #[cfg(test)]
 mod replication_tests;
 pub mod server;
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod test_alloc;
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use sluice_metadata::controller_api::{ControllerApi, ControllerError, IsrChange};
@@ -151,6 +151,8 @@ pub struct PartitionState {
     /// Follower only: the log may hold a tail the leader does not have; it is
     /// truncated (OffsetForLeaderEpoch) before fetching.
     pub needs_truncation: bool,
+    /// What fetchers last saw; kept by [`StateGuard`].
+    observed: Observed,
 }
 
 impl PartitionState {
@@ -166,15 +168,110 @@ pub struct Partition {
     pub topic_id: Uuid,
     pub index: i32,
     state: Mutex<PartitionState>,
+    /// Bumped, under the lock, whenever what a fetcher sees of the
+    /// partition changes (see [`Observed`]): a fetch session skips a
+    /// partition whose version it has already answered for, without locking.
+    version: AtomicU64,
+}
+
+/// What a fetch of the partition could see differently: its offsets, its
+/// leadership and registration, whether it is deleted, and the ISR change
+/// in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    log_start: i64,
+    log_end: i64,
+    high_watermark: i64,
+    leader: i32,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    isr_pending: bool,
+    deleted: bool,
+}
+
+impl Observed {
+    fn of(state: &PartitionState) -> Self {
+        Observed {
+            log_start: state.log.log_start_offset(),
+            log_end: state.log.log_end_offset(),
+            high_watermark: state.log.high_watermark(),
+            leader: state.leader,
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            isr_pending: state.pending_isr.is_some(),
+            deleted: state.deleted,
+        }
+    }
+}
+
+/// The locked state of a partition. When released (or [`StateGuard::settle`]d)
+/// it bumps the partition's version if anything a fetcher sees changed.
+pub struct StateGuard<'a> {
+    guard: MutexGuard<'a, PartitionState>,
+    version: &'a AtomicU64,
+}
+
+impl StateGuard<'_> {
+    /// Bumps the version now if the state changed, and returns it: the
+    /// version that stands for exactly what the caller has seen.
+    pub fn settle(&mut self) -> u64 {
+        let now = Observed::of(&self.guard);
+        if now != self.guard.observed {
+            self.guard.observed = now;
+            self.version.fetch_add(1, Ordering::SeqCst);
+        }
+        self.version.load(Ordering::SeqCst)
+    }
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = PartitionState;
+    fn deref(&self) -> &PartitionState {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PartitionState {
+        &mut self.guard
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        self.settle();
+    }
 }
 
 impl Partition {
-    pub fn state(&self) -> MutexGuard<'_, PartitionState> {
+    pub(crate) fn new(topic: String, topic_id: Uuid, index: i32, state: PartitionState) -> Self {
+        let mut state = state;
+        state.observed = Observed::of(&state);
+        Partition {
+            topic,
+            topic_id,
+            index,
+            state: Mutex::new(state),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> StateGuard<'_> {
         // A panic while holding the lock leaves the log as it was on disk;
         // carrying on with the inner value is safe.
-        self.state
+        let guard = self
+            .state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        StateGuard {
+            guard,
+            version: &self.version,
+        }
+    }
+
+    /// The version as of the last change released; read without the lock.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
     }
 }
 
@@ -660,11 +757,11 @@ impl ReplicaManager {
                     info!(topic = %topic.name, partition = index, "partition log opened; back online");
                     self.offline_gauge();
                 }
-                let partition = Arc::new(Partition {
-                    topic: topic.name.clone(),
+                let partition = Arc::new(Partition::new(
+                    topic.name.clone(),
                     topic_id,
                     index,
-                    state: Mutex::new(PartitionState {
+                    PartitionState {
                         log,
                         leader: sluice_metadata::NO_LEADER,
                         leader_epoch: -1,
@@ -677,8 +774,9 @@ impl ReplicaManager {
                         leader_epoch_start_offset: 0,
                         isr_retry_at_ms: 0,
                         needs_truncation: false,
-                    }),
-                });
+                        observed: Observed::default(),
+                    },
+                ));
                 let (follow, _) = {
                     let mut state = partition.state();
                     self.apply_registration(&partition, &mut state, reg)

@@ -61,7 +61,7 @@ impl Cluster {
 /// one does and committing the new ISR to the test's metadata log.
 pub(crate) struct TestController {
     cluster: Arc<Mutex<Cluster>>,
-    calls: Mutex<Vec<(i32, i64, IsrChange)>>,
+    pub(crate) calls: Mutex<Vec<(i32, i64, IsrChange)>>,
 }
 
 impl TestController {
@@ -195,7 +195,7 @@ impl ControllerApi for TestController {
 }
 
 pub(crate) struct Node {
-    id: i32,
+    pub(crate) id: i32,
     pub(crate) replicas: Arc<ReplicaManager>,
     pub(crate) broker: Arc<Broker>,
     pub(crate) address: SocketAddr,
@@ -203,7 +203,7 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    fn start_replication(&mut self) {
+    pub(crate) fn start_replication(&mut self) {
         let (tx, rx) = watch::channel(false);
         self.replication_stop = tx;
         start_replication(&self.broker, rx);
@@ -219,7 +219,7 @@ impl Node {
     }
 
     /// (log end, high watermark, latest epoch) of a partition of the test topic.
-    fn log_of(&self, index: i32) -> (i64, i64, Option<i32>) {
+    pub(crate) fn log_of(&self, index: i32) -> (i64, i64, Option<i32>) {
         let partition = self.replicas.partition(TOPIC, index).unwrap();
         let state = partition.state();
         (
@@ -242,7 +242,7 @@ impl Node {
 
 pub(crate) const TOPIC: &str = "replicated";
 
-fn batch(value: &str) -> Bytes {
+pub(crate) fn batch(value: &str) -> Bytes {
     batch_at(value, 1_000)
 }
 
@@ -262,7 +262,11 @@ async fn produce(address: SocketAddr, acks: i16, value: &str) -> (i16, i64) {
 
 /// Produces one record to each of the given partitions in one request;
 /// returns (error code, base offset) per partition.
-async fn produce_many(address: SocketAddr, acks: i16, values: &[(i32, &str)]) -> Vec<(i16, i64)> {
+pub(crate) async fn produce_many(
+    address: SocketAddr,
+    acks: i16,
+    values: &[(i32, &str)],
+) -> Vec<(i16, i64)> {
     let batches: Vec<(i32, Bytes)> = values.iter().map(|&(i, v)| (i, batch(v))).collect();
     produce_batches(address, acks, &batches).await
 }
@@ -308,7 +312,7 @@ pub(crate) async fn produce_batches(
         .collect()
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !check() {
         assert!(

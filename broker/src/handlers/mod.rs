@@ -24,6 +24,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::config::BrokerConfig;
 use crate::control_plane::{self, ControlPlane};
+use crate::fetch_session::FetchSessions;
 use crate::group::GroupCoordinator;
 use crate::memory::{MemoryLease, MemoryPool};
 use crate::replica::ReplicaManager;
@@ -56,6 +57,8 @@ pub struct Broker {
     /// is up for the controller's pushes, but its image may still be empty,
     /// and a client told "unknown topic" then drops the topic's partitions.
     clients_admitted: watch::Sender<bool>,
+    /// Followers' incremental fetch sessions (KIP-227).
+    pub(crate) fetch_sessions: FetchSessions,
 }
 
 /// Producer ids this broker may hand out without asking the controller.
@@ -86,6 +89,7 @@ impl Broker {
             producer_ids: Mutex::new(ProducerIdBlock::default()),
             control_plane: OnceLock::new(),
             clients_admitted: watch::Sender::new(true),
+            fetch_sessions: FetchSessions::default(),
         }
     }
 
