@@ -169,7 +169,7 @@ impl FetchSessions {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn count(&self) -> usize {
         self.sessions().len()
     }
 }
@@ -271,7 +271,7 @@ mod tests {
         ));
         assert!(matches!(sessions.begin(&asking, 13, 2), Begin::Sessionless));
         assert!(matches!(sessions.begin(&asking, 6, 2), Begin::Sessionless));
-        assert_eq!(sessions.len(), 0);
+        assert_eq!(sessions.count(), 0);
     }
 
     #[test]
@@ -336,7 +336,7 @@ mod tests {
         let (new, _) = session(sessions.begin(&request(0, 0, &[("a", 0, 0)]), 12, 2));
         assert_ne!(new.id, old_id);
         sessions.finish(new);
-        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions.count(), 1);
         assert_eq!(
             refused(sessions.begin(&request(old_id, 1, &[]), 12, 2)),
             ResponseError::FetchSessionIdNotFound
@@ -347,7 +347,7 @@ mod tests {
             sessions.begin(&request(id, -1, &[("a", 0, 0)]), 12, 2),
             Begin::Sessionless
         ));
-        assert_eq!(sessions.len(), 0);
+        assert_eq!(sessions.count(), 0);
     }
 
     #[test]

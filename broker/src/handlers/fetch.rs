@@ -46,82 +46,86 @@ pub async fn fetch(
     // `fetch.max.bytes` caps what the client asks for.
     let max_bytes =
         (request.max_bytes.max(0) as usize).min(broker.config.fetch_max_bytes.max(0) as usize);
+    let poll = LongPoll {
+        min_bytes,
+        max_bytes,
+        deadline,
+    };
     match broker.fetch_sessions.begin(&request, version, replica_id) {
-        Begin::Sessionless => {}
+        Begin::Sessionless => {
+            let (response, bytes, lease) = poll
+                .run(broker, |first, budget| {
+                    read_all(broker, &request, version, replica_id, first, budget)
+                })
+                .await;
+            (response, settle(broker, lease, bytes))
+        }
         Begin::Session { session, full } => {
-            return fetch_in_session(
-                broker, session, full, replica_id, min_bytes, max_bytes, deadline,
-            )
-            .await;
+            // Whether a read went over every partition, recording the
+            // follower's position in each, is kept for the session.
+            let mut refreshed = false;
+            let (read, _, lease) = poll
+                .run(broker, |first, budget| {
+                    let read = read_session(broker, &session, full, replica_id, first, budget);
+                    refreshed |= read.refreshed;
+                    let (bytes, any_error) = (read.bytes, read.any_error);
+                    (read, bytes, any_error)
+                })
+                .await;
+            answer_in_session(broker, session, read, refreshed, lease)
         }
         Begin::Refused(error) => {
             let response = FetchResponse::default()
                 .with_error_code(error.code())
                 .with_session_id(0);
-            return (response, broker.memory.try_acquire_up_to(0));
-        }
-    }
-    // A follower's position is recorded once, at the first read: later reads
-    // of a long poll carry the same offset.
-    let mut first = true;
-    loop {
-        // Register for wake-ups before reading, so an append between the read
-        // and the wait is not missed.
-        let notified = broker.replicas.appended().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-
-        // Read no more than the memory pool lends now; while it lends
-        // nothing, the answer carries no records.
-        let lease = broker.memory.try_acquire_up_to(max_bytes);
-        let (response, bytes, any_error) =
-            read_all(broker, &request, version, replica_id, first, lease.bytes());
-        first = false;
-        if bytes >= min_bytes || any_error || tokio::time::Instant::now() >= deadline {
-            return (response, settle(broker, lease, bytes));
-        }
-        drop((response, lease));
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            let lease = broker.memory.try_acquire_up_to(max_bytes);
-            let (response, bytes, _) =
-                read_all(broker, &request, version, replica_id, false, lease.bytes());
-            return (response, settle(broker, lease, bytes));
+            (response, broker.memory.try_acquire_up_to(0))
         }
     }
 }
 
-/// A follower's fetch within its session: the reads skip the partitions
-/// that stayed quiet, and the answer holds only what the follower has not
-/// seen (everything, when the session is new).
-async fn fetch_in_session(
-    broker: &Broker,
-    session: FetchSession,
-    full: bool,
-    replica_id: i32,
+/// How long a fetch may wait for data, and how much it may take.
+struct LongPoll {
     min_bytes: usize,
     max_bytes: usize,
     deadline: tokio::time::Instant,
-) -> (FetchResponse, MemoryLease) {
-    // The first read records the follower's positions; whether it read
-    // every partition to do so is kept for the answer.
-    let mut first = true;
-    let mut refreshed = false;
-    loop {
-        let notified = broker.replicas.appended().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let lease = broker.memory.try_acquire_up_to(max_bytes);
-        let read = read_session(broker, &session, full, replica_id, first, lease.bytes());
-        first = false;
-        refreshed |= read.refreshed;
-        if read.bytes >= min_bytes || read.any_error || tokio::time::Instant::now() >= deadline {
-            return answer_in_session(broker, session, read, refreshed, lease);
-        }
-        drop((read, lease));
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            let lease = broker.memory.try_acquire_up_to(max_bytes);
-            let read = read_session(broker, &session, full, replica_id, false, lease.bytes());
-            return answer_in_session(broker, session, read, refreshed, lease);
+}
+
+impl LongPoll {
+    /// Reads until there is enough to answer: `min_bytes`, an error, or the
+    /// deadline; between reads it waits for an append. `read(first, budget)`
+    /// gives (the answer, its bytes, whether a partition failed); only the
+    /// first read of a request records a follower's position.
+    async fn run<R>(
+        &self,
+        broker: &Broker,
+        mut read: impl FnMut(bool, usize) -> (R, usize, bool),
+    ) -> (R, usize, MemoryLease) {
+        let mut first = true;
+        loop {
+            // Register for wake-ups before reading, so an append between the
+            // read and the wait is not missed.
+            let notified = broker.replicas.appended().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            // Read no more than the memory pool lends now; while it lends
+            // nothing, the answer carries no records.
+            let lease = broker.memory.try_acquire_up_to(self.max_bytes);
+            let (answer, bytes, any_error) = read(first, lease.bytes());
+            first = false;
+            if bytes >= self.min_bytes || any_error || tokio::time::Instant::now() >= self.deadline
+            {
+                return (answer, bytes, lease);
+            }
+            drop((answer, lease));
+            if tokio::time::timeout_at(self.deadline, notified)
+                .await
+                .is_err()
+            {
+                let lease = broker.memory.try_acquire_up_to(self.max_bytes);
+                let (answer, bytes, _) = read(false, lease.bytes());
+                return (answer, bytes, lease);
+            }
         }
     }
 }
