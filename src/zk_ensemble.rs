@@ -105,7 +105,10 @@ impl ZkServer {
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
         let child = Command::new(java())
-            .arg("-Xmx256m")
+            // 100,000 partitions are some 200,000 znodes, with their watches:
+            // a heap that holds them without collecting all the time. Java
+            // takes the memory only as the tree grows.
+            .arg("-Xmx1g")
             // Log to stdout, i.e. to this server's log file.
             .arg("-Dzookeeper.root.logger=INFO,CONSOLE")
             .arg(format!("-Dzookeeper.log.dir={}", self.dir.display()))

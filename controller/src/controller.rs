@@ -120,6 +120,19 @@ impl EntryWindow {
     }
 }
 
+/// How a broker's metadata stands against the controller's log.
+struct MetadataLag {
+    /// Behind, and not moving, for longer than a session: it follows a
+    /// stale source or is stuck, and serves from a view the cluster has
+    /// moved past. It is fenced. (A broker that keeps applying, however
+    /// far behind a burst of changes left it, is not: at 100,000
+    /// partitions creating them takes every broker minutes.)
+    stalled: bool,
+    /// Has not reached, within a session, an offset the log had when it
+    /// was seen behind: not caught up, so a fenced broker stays fenced.
+    behind_too_long: bool,
+}
+
 /// The active controller's view of broker sessions: when each broker
 /// (at its current epoch) must next be heard from.
 #[derive(Default)]
@@ -133,6 +146,9 @@ struct Sessions {
     /// must reach (this controller's log end when it was seen behind), and
     /// since when.
     behind: HashMap<i32, (u64, Instant)>,
+    /// Brokers behind this controller's log: the offset each last reported
+    /// moving to, and when.
+    progress: HashMap<i32, (u64, Instant)>,
 }
 
 impl Sessions {
@@ -142,6 +158,7 @@ impl Sessions {
             self.term = term;
             self.deadlines.clear();
             self.behind.clear();
+            self.progress.clear();
         }
         self
     }
@@ -558,12 +575,10 @@ impl Controller {
     }
 
     /// Notes how far a broker's metadata has got against this controller's
-    /// log end `log_end`. True when it has not reached, within its session
-    /// timeout, an offset this controller had already committed: it follows
-    /// a stale source or cannot keep up, and serves from a view the
-    /// cluster has moved past (Kafka fences such a broker too).
-    fn lags_behind(&self, term: u64, broker_id: i32, reported: u64, log_end: u64) -> bool {
+    /// log end `log_end`.
+    fn metadata_lag(&self, term: u64, broker_id: i32, reported: u64, log_end: u64) -> MetadataLag {
         let now = Instant::now();
+        let session = self.config.broker_session_timeout;
         let mut guard = lock(&self.sessions);
         let sessions = guard.for_term(term);
         if let Some(&(target, _)) = sessions.behind.get(&broker_id) {
@@ -573,10 +588,27 @@ impl Controller {
         }
         if reported < log_end {
             sessions.behind.entry(broker_id).or_insert((log_end, now));
+            let moved = sessions
+                .progress
+                .get(&broker_id)
+                .is_none_or(|&(last, _)| reported > last);
+            if moved {
+                sessions.progress.insert(broker_id, (reported, now));
+            }
+        } else {
+            sessions.progress.remove(&broker_id);
         }
-        sessions.behind.get(&broker_id).is_some_and(|(_, since)| {
-            now.duration_since(*since) > self.config.broker_session_timeout
-        })
+        let long_behind = |since: &Instant| now.duration_since(*since) > session;
+        MetadataLag {
+            stalled: sessions
+                .progress
+                .get(&broker_id)
+                .is_some_and(|(_, since)| long_behind(since)),
+            behind_too_long: sessions
+                .behind
+                .get(&broker_id)
+                .is_some_and(|(_, since)| long_behind(since)),
+        }
     }
 
     async fn heartbeat(&self, hb: BrokerHeartbeat) -> Result<HeartbeatReply, ControllerError> {
@@ -592,9 +624,10 @@ impl Controller {
                 broker_epoch: hb.broker_epoch,
             })?;
         self.touch_session(hb.broker_id, hb.broker_epoch, hb.metadata_offset);
-        let lagging = self.lags_behind(term, hb.broker_id, hb.metadata_offset, image.offset);
+        let lag = self.metadata_lag(term, hb.broker_id, hb.metadata_offset, image.offset);
         // A registration's epoch is at most the offset it committed at.
-        let is_caught_up = hb.metadata_offset >= registered.broker_epoch as u64 && !lagging;
+        let is_caught_up =
+            hb.metadata_offset >= registered.broker_epoch as u64 && !lag.behind_too_long;
         let unclean = self.config.unclean_leader_election;
         if hb.want_shutdown {
             // Leaderships move (or lapse) in one commit; then the broker is
@@ -617,12 +650,12 @@ impl Controller {
             });
         }
         let mut is_fenced = registered.fenced;
-        if !is_fenced && lagging {
+        if !is_fenced && lag.stalled {
             warn!(
                 broker_id = hb.broker_id,
                 metadata_offset = hb.metadata_offset,
                 log_end = image.offset,
-                "broker's metadata has been behind for longer than its session; fencing it"
+                "broker's metadata has been behind, not moving, for longer than its session; fencing it"
             );
             let (broker_id, epoch) = (hb.broker_id, hb.broker_epoch);
             self.run(false, move |image| {

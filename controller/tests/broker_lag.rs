@@ -1,7 +1,8 @@
 //! A broker whose metadata stays behind the log (it follows a voter cut
-//! off from the quorum, say) is fenced once it has been behind for longer
-//! than its session, though it heartbeats; it is unfenced once it has
-//! caught up again.
+//! off from the quorum, say) is fenced once it has been behind, not
+//! moving, for longer than its session, though it heartbeats; it is
+//! unfenced once it has caught up again. One that is behind but applying
+//! is left alone.
 
 use std::time::Duration;
 
@@ -72,5 +73,69 @@ async fn a_broker_whose_metadata_stays_behind_is_fenced_until_it_catches_up() {
     let reply = heartbeat(&controller, epoch, controller.image().offset).await;
     assert!(!reply.is_fenced && reply.is_caught_up, "{reply:?}");
     assert!(!controller.image().brokers[&1].fenced);
+    controller.shutdown().await;
+}
+
+/// A broker far behind after a burst of changes, but applying them (its
+/// reported offset keeps moving), is not fenced however long it stays
+/// behind; once it stops moving, it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_behind_but_applying_is_not_fenced_until_it_stalls() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = standalone_controller(dir.path(), 1, |config| {
+        config.broker_session_timeout = SESSION;
+    })
+    .await;
+    let epoch = register(&controller, 1).await;
+    let start = controller.image().offset;
+    assert!(!heartbeat(&controller, epoch, start).await.is_fenced);
+
+    // A burst: the log moves well ahead of the broker.
+    for i in 0..12 {
+        let created = controller
+            .create_topics(
+                vec![NewTopic {
+                    name: format!("burst-{i}"),
+                    num_partitions: -1,
+                    replication_factor: -1,
+                    ..NewTopic::default()
+                }],
+                false,
+            )
+            .await;
+        created[0].as_ref().unwrap();
+    }
+    let end = controller.image().offset;
+    assert!(end >= start + 12, "{start}..{end}");
+
+    // The broker applies one entry every 2/3 of a session: behind for four
+    // sessions and more, yet moving all along.
+    let mut reported = start;
+    let behind_until = tokio::time::Instant::now() + SESSION * 4;
+    while tokio::time::Instant::now() < behind_until {
+        reported += 1;
+        assert!(reported < end);
+        let reply = heartbeat(&controller, epoch, reported).await;
+        assert!(
+            !reply.is_fenced,
+            "fenced while applying (at {reported} of {end}): {reply:?}"
+        );
+        tokio::time::sleep(SESSION * 2 / 3).await;
+    }
+
+    // It stops moving: fenced within a little over a session.
+    let deadline = tokio::time::Instant::now() + SESSION * 4;
+    let reply = loop {
+        let reply = heartbeat(&controller, epoch, reported).await;
+        if reply.is_fenced || tokio::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reply.is_fenced, "stalled but still unfenced: {reply:?}");
+
+    // Caught up, it is unfenced.
+    let reply = heartbeat(&controller, epoch, controller.image().offset).await;
+    assert!(!reply.is_fenced && reply.is_caught_up, "{reply:?}");
     controller.shutdown().await;
 }
