@@ -114,13 +114,24 @@ impl LeaderEpochCache {
         }
         while let Some(last) = self.entries.last() {
             if last.epoch >= epoch || last.start_offset >= start_offset {
-                tracing::warn!(
-                    removed_epoch = last.epoch,
-                    removed_start = last.start_offset,
-                    epoch,
-                    start_offset,
-                    "leader epoch entry conflicts with a new one, removing it"
-                );
+                if last.epoch < epoch && last.start_offset == start_offset {
+                    // An older epoch in which nothing was written: every
+                    // leader change of an idle partition replaces one.
+                    tracing::debug!(
+                        removed_epoch = last.epoch,
+                        epoch,
+                        start_offset,
+                        "leader epoch without records replaced"
+                    );
+                } else {
+                    tracing::warn!(
+                        removed_epoch = last.epoch,
+                        removed_start = last.start_offset,
+                        epoch,
+                        start_offset,
+                        "leader epoch entry conflicts with a new one, removing it"
+                    );
+                }
                 self.entries.pop();
             } else {
                 break;
