@@ -27,6 +27,39 @@ async fn heartbeat(controller: &Controller, epoch: i64, offset: u64) -> Heartbea
         .unwrap()
 }
 
+/// Creates a one-partition topic: the log moves on.
+async fn create_topic(controller: &Controller, name: &str) {
+    let created = controller
+        .create_topics(
+            vec![NewTopic {
+                name: name.into(),
+                num_partitions: -1,
+                replication_factor: -1,
+                ..NewTopic::default()
+            }],
+            false,
+        )
+        .await;
+    created[0].as_ref().unwrap();
+}
+
+/// Heartbeats at `offset` every 100 ms until the broker is fenced, or four
+/// sessions have passed; the last reply.
+async fn heartbeat_until_fenced(
+    controller: &Controller,
+    epoch: i64,
+    offset: u64,
+) -> HeartbeatReply {
+    let deadline = tokio::time::Instant::now() + SESSION * 4;
+    loop {
+        let reply = heartbeat(controller, epoch, offset).await;
+        if reply.is_fenced || tokio::time::Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_whose_metadata_stays_behind_is_fenced_until_it_catches_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -41,27 +74,9 @@ async fn a_broker_whose_metadata_stays_behind_is_fenced_until_it_catches_up() {
     // The log moves on; the broker keeps heartbeating (its session never
     // expires) but its metadata stays where it was.
     let stale = controller.image().offset;
-    let created = controller
-        .create_topics(
-            vec![NewTopic {
-                name: "after".into(),
-                num_partitions: -1,
-                replication_factor: -1,
-                ..NewTopic::default()
-            }],
-            false,
-        )
-        .await;
-    created[0].as_ref().unwrap();
+    create_topic(&controller, "after").await;
     assert!(controller.image().offset > stale);
-    let deadline = tokio::time::Instant::now() + SESSION * 4;
-    let reply = loop {
-        let reply = heartbeat(&controller, epoch, stale).await;
-        if reply.is_fenced || tokio::time::Instant::now() > deadline {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let reply = heartbeat_until_fenced(&controller, epoch, stale).await;
     assert!(
         reply.is_fenced && !reply.is_caught_up,
         "a broker behind the log for {:?} is still unfenced: {reply:?}",
@@ -92,18 +107,7 @@ async fn a_broker_behind_but_applying_is_not_fenced_until_it_stalls() {
 
     // A burst: the log moves well ahead of the broker.
     for i in 0..12 {
-        let created = controller
-            .create_topics(
-                vec![NewTopic {
-                    name: format!("burst-{i}"),
-                    num_partitions: -1,
-                    replication_factor: -1,
-                    ..NewTopic::default()
-                }],
-                false,
-            )
-            .await;
-        created[0].as_ref().unwrap();
+        create_topic(&controller, &format!("burst-{i}")).await;
     }
     let end = controller.image().offset;
     assert!(end >= start + 12, "{start}..{end}");
@@ -124,14 +128,7 @@ async fn a_broker_behind_but_applying_is_not_fenced_until_it_stalls() {
     }
 
     // It stops moving: fenced within a little over a session.
-    let deadline = tokio::time::Instant::now() + SESSION * 4;
-    let reply = loop {
-        let reply = heartbeat(&controller, epoch, reported).await;
-        if reply.is_fenced || tokio::time::Instant::now() > deadline {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let reply = heartbeat_until_fenced(&controller, epoch, reported).await;
     assert!(reply.is_fenced, "stalled but still unfenced: {reply:?}");
 
     // Caught up, it is unfenced.
