@@ -389,13 +389,6 @@ async fn a_paused_leader_whose_session_expired_comes_back_as_a_follower() {
     );
 }
 
-/// Ignored: fails on a known product gap (see the report for issue 10). A
-/// broker cut off from ZooKeeper for longer than its session timeout stops
-/// leading (zk/src/session.rs, watch_session), and zookeeper-client 0.11
-/// itself declares the session Expired when it cannot reach any server
-/// for that long; so with the quorum lost, every broker stops leading and
-/// produce times out, where Kafka's brokers keep serving.
-///
 /// 4. Two of three ZooKeeper servers killed: no quorum. Brokers keep
 ///    serving produce and fetch on the partitions they have (for longer than
 ///    the session timeout); creating a topic fails with an error within its
