@@ -9,6 +9,14 @@
 //! 3 0          <- epoch, start offset
 //! 5 120
 //! ```
+//!
+//! A new epoch at the log end (a new leader, or a follower's first batch of
+//! the epoch) is written without an fsync, so that a broker taking over
+//! thousands of leaderships does not wait on thousands of fsyncs; the log's
+//! next checkpoint or clean close makes it durable before anything that
+//! relies on it. After a power loss the file may lack epochs that began
+//! after that point, or be torn: the log rebuilds them from the batches
+//! it replays from its producer snapshot (see `PartitionLog::open`).
 
 use std::path::{Path, PathBuf};
 
@@ -30,9 +38,17 @@ pub struct EpochEntry {
 pub struct LeaderEpochCache {
     path: PathBuf,
     entries: Vec<EpochEntry>,
+    /// The file was last written without an fsync.
+    unsynced: bool,
 }
 
 fn parse(text: &str) -> Option<Vec<EpochEntry>> {
+    // Every strict prefix of a well-formed file is malformed: either it
+    // ends mid-line or it has fewer entries than it announces. A file torn
+    // by a power loss is then rebuilt, never read short.
+    if !text.ends_with('\n') {
+        return None;
+    }
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     if lines.next()? != "0" {
         return None;
@@ -81,6 +97,7 @@ impl LeaderEpochCache {
             LeaderEpochCache {
                 path: path.to_path_buf(),
                 entries,
+                unsynced: false,
             },
             found,
         ))
@@ -192,13 +209,36 @@ impl LeaderEpochCache {
         }
     }
 
-    /// Writes the file atomically.
-    pub fn persist(&self) -> Result<(), StorageError> {
+    /// Writes the file atomically and durably.
+    pub fn persist(&mut self) -> Result<(), StorageError> {
+        crate::log::write_atomic(&self.path, self.encode().as_bytes())?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Writes the file atomically (a reader sees the old or the new file)
+    /// but not durably: only for changes that [`LeaderEpochCache::sync`]
+    /// or a rebuild from the log can make good after a power loss.
+    pub fn persist_unsynced(&mut self) -> Result<(), StorageError> {
+        crate::log::write_replacing(&self.path, self.encode().as_bytes())?;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Makes an unsynced write durable.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if self.unsynced {
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    fn encode(&self) -> String {
         let mut text = format!("0\n{}\n", self.entries.len());
         for e in &self.entries {
             text.push_str(&format!("{} {}\n", e.epoch, e.start_offset));
         }
-        crate::log::write_atomic(&self.path, text.as_bytes())
+        text
     }
 }
 
@@ -210,6 +250,7 @@ mod tests {
         let mut c = LeaderEpochCache {
             path: PathBuf::from("/nonexistent"),
             entries: Vec::new(),
+            unsynced: false,
         };
         for &(e, o) in entries {
             c.assign(e, o);
@@ -280,5 +321,25 @@ mod tests {
         assert!(!LeaderEpochCache::load(&path).unwrap().1);
         std::fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
         assert!(!LeaderEpochCache::load(&path).unwrap().1);
+    }
+
+    #[test]
+    fn no_torn_prefix_of_an_unsynced_write_reads_as_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leader-epoch-checkpoint");
+        let (mut c, _) = LeaderEpochCache::load(&path).unwrap();
+        for (epoch, start) in [(2, 0), (7, 100), (9, 1234)] {
+            c.assign(epoch, start);
+        }
+        c.persist_unsynced().unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        assert!(LeaderEpochCache::load(&path).unwrap().1);
+        for len in 0..whole.len() {
+            std::fs::write(&path, &whole[..len]).unwrap();
+            assert!(
+                !LeaderEpochCache::load(&path).unwrap().1,
+                "prefix of {len} bytes"
+            );
+        }
     }
 }

@@ -69,6 +69,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Replaces `path` with `bytes` atomically (a reader sees the old or the
+/// new content) but not durably: no fsync. After a power loss the file may
+/// be the old one, the new one, or the new one torn.
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp);
+    File::create(&tmp)?.write_all(bytes)?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
@@ -181,6 +193,12 @@ pub struct PartitionLog {
     recovery_point: i64,
     /// Wall clock time of the last flush, for `flush.ms`.
     last_flush_ms: i64,
+    /// The clean-shutdown marker found at open is still on disk. It goes,
+    /// durably, before the first change to a segment: a crash after that
+    /// must not skip the recovery it vouches is not needed. Removing it
+    /// lazily keeps an fsync per partition out of a start-up that opens
+    /// 100,000 of them, most of which take no write for a while.
+    clean_marker: bool,
     /// Set when a failed append could not be undone: appends are refused
     /// until the log is reopened.
     failed: Option<String>,
@@ -362,6 +380,7 @@ impl PartitionLog {
             snapshot_offset,
             recovery_point: log_end,
             last_flush_ms: wall_clock_ms(),
+            clean_marker: clean,
             failed: None,
             checkpoint_seq: 0,
             checkpoint_files: Arc::new(Mutex::new(0)),
@@ -369,8 +388,12 @@ impl PartitionLog {
             generation: 0,
         };
 
+        // Replay batch headers from the producer snapshot (or the log
+        // start) to rebuild producer state, and the leader epochs that began
+        // in them: those may be missing from the file, which is written
+        // without an fsync until the checkpoint that writes the snapshot.
         let mut epochs_changed = false;
-        if epochs_found {
+        let replay_from = if epochs_found {
             epochs_changed |= log.epochs.truncate_from_end(log_end);
             epochs_changed |= log.epochs.truncate_from_start(log_start);
             match snapshot {
@@ -380,32 +403,18 @@ impl PartitionLog {
                     // forget them before replaying too, as the running log did.
                     state.evict_below(log_start);
                     log.producers = state;
-                    log.rebuild_producers_from(off)?;
+                    off
                 }
-                None => log.rebuild_producers_from(log_start)?,
+                None => log_start,
             }
         } else {
-            // One pass over the headers rebuilds both.
-            let mut producers = ProducerStateManager::new();
-            let mut epochs = log.epochs.clone();
-            epochs.clear();
-            log.for_each_batch(log_start, |h| {
-                producers.apply_replicated(h);
-                if h.partition_leader_epoch >= 0
-                    && epochs
-                        .latest_epoch()
-                        .is_none_or(|e| h.partition_leader_epoch > e)
-                {
-                    epochs.assign(h.partition_leader_epoch, h.base_offset.max(log_start));
-                }
-            })?;
-            log.epochs = epochs;
-            log.producers = producers;
-            epochs_changed = !log.epochs.entries().is_empty();
-        }
+            log_start
+        };
+        epochs_changed |= log.replay_from(replay_from)?;
         log.producers.evict_below(log_start);
         if epochs_changed {
-            log.epochs.persist()?;
+            // Rebuilt from what is on disk, so it can be rebuilt again.
+            log.epochs.persist_unsynced()?;
         }
         // Unflushed data above a checkpointed log start can be lost to a
         // power loss: then the log is empty and starts there (as Kafka's
@@ -420,12 +429,6 @@ impl PartitionLog {
             );
             log.truncate_fully_and_start_at(checkpointed_start)?;
         }
-        // The marker must be gone for good before any append: after a crash
-        // its presence would skip recovery of a torn tail.
-        if clean {
-            remove_if_exists(&clean_marker)?;
-            sync_dir(dir)?;
-        }
         tracing::debug!(
             dir = %dir.display(),
             segments = log.segments.len(),
@@ -436,6 +439,37 @@ impl PartitionLog {
             "opened partition log"
         );
         Ok(log)
+    }
+
+    /// Removes the clean-shutdown marker, durably, if it is still there.
+    /// Every method that changes a segment calls this first.
+    fn before_segment_change(&mut self) -> Result<(), StorageError> {
+        if self.clean_marker {
+            remove_if_exists(&self.dir.join(CLEAN_SHUTDOWN_FILE))?;
+            sync_dir(&self.dir)?;
+            self.clean_marker = false;
+        }
+        Ok(())
+    }
+
+    /// Replays producer state and leader epochs from the batches at or after
+    /// `from_offset`: an epoch newer than the latest known starts at its
+    /// first batch. Returns true if the epochs changed.
+    fn replay_from(&mut self, from_offset: i64) -> Result<bool, StorageError> {
+        let mut producers = std::mem::take(&mut self.producers);
+        let mut epochs = self.epochs.clone();
+        let mut epochs_changed = false;
+        let log_start = self.log_start_offset;
+        let r = self.for_each_batch(from_offset, |h| {
+            producers.apply_replicated(h);
+            let epoch = h.partition_leader_epoch;
+            if epoch >= 0 && epochs.latest_epoch().is_none_or(|latest| epoch > latest) {
+                epochs_changed |= epochs.assign(epoch, h.base_offset.max(log_start));
+            }
+        });
+        self.producers = producers;
+        self.epochs = epochs;
+        r.map(|()| epochs_changed)
     }
 
     /// Replays producer state from the batches at or after `from_offset`.
@@ -547,7 +581,7 @@ impl PartitionLog {
             return Ok(());
         }
         if self.epochs.assign(epoch, self.log_end_offset()) {
-            self.epochs.persist()?;
+            self.epochs.persist_unsynced()?;
         }
         Ok(())
     }
@@ -567,6 +601,7 @@ impl PartitionLog {
         now_ms: i64,
     ) -> Result<AppendInfo, StorageError> {
         self.check_appendable()?;
+        self.before_segment_change()?;
         let batches = batch::validate_all(records, Origin::Client)?;
         if batches.is_empty() {
             return Err(StorageError::InvalidRecord("no record batches".into()));
@@ -649,7 +684,7 @@ impl PartitionLog {
                 Some(e) if e == leader_epoch => {}
                 _ => {
                     self.epochs.assign(leader_epoch, log_end);
-                    self.epochs.persist()?;
+                    self.epochs.persist_unsynced()?;
                 }
             }
         }
@@ -673,6 +708,7 @@ impl PartitionLog {
         records: &[u8],
     ) -> Result<Option<AppendInfo>, StorageError> {
         self.check_appendable()?;
+        self.before_segment_change()?;
         let batches = batch::validate_all(records, Origin::Replica)?;
         let log_end = self.log_end_offset();
         let skip = batches
@@ -713,7 +749,7 @@ impl PartitionLog {
             }
         }
         if epochs_changed {
-            self.epochs.persist()?;
+            self.epochs.persist_unsynced()?;
         }
         self.append_to_active(data, &headers, now_ms)?;
         for (_, h) in batches {
@@ -800,6 +836,7 @@ impl PartitionLog {
     /// Seals the active segment and starts a new one at `new_base` (>= the
     /// log end offset).
     fn roll(&mut self, new_base: i64, now_ms: i64) -> Result<(), StorageError> {
+        self.before_segment_change()?;
         let new_base = new_base.max(self.log_end_offset());
         self.active_mut().seal()?;
         let seg = Segment::create(
@@ -998,6 +1035,7 @@ impl PartitionLog {
         if offset >= self.log_end_offset() {
             return Ok(());
         }
+        self.before_segment_change()?;
         if offset <= self.segments[0].base_offset() {
             return self.truncate_fully_and_start_at(offset.max(0));
         }
@@ -1038,6 +1076,7 @@ impl PartitionLog {
     /// Deletes every segment and starts an empty log at `offset` (a follower
     /// whose log no longer overlaps the leader's).
     pub fn truncate_fully_and_start_at(&mut self, offset: i64) -> Result<(), StorageError> {
+        self.before_segment_change()?;
         let offset = offset.max(0);
         // A crash at any point must leave a prefix of the old log or the new
         // one, never newer segments behind an emptied older one: drop the
@@ -1286,6 +1325,10 @@ impl PartitionLog {
     /// runs [`PendingCheckpoint::write`] without the lock, then hands the
     /// result to [`PartitionLog::end_checkpoint`] under it again.
     pub fn begin_checkpoint(&mut self) -> Result<PendingCheckpoint, StorageError> {
+        // Epochs first: the producer snapshot this writes is where the next
+        // open starts replaying, so every epoch that began before it must be
+        // on disk by then.
+        self.epochs.sync()?;
         let mut unflushed = Vec::new();
         for i in 0..self.segments.len() {
             match self.segments[i].take_unflushed() {

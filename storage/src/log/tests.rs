@@ -357,6 +357,36 @@ fn recovery_truncates_garbage_after_the_last_batch() {
 }
 
 #[test]
+fn the_clean_marker_stays_until_the_first_write_after_a_clean_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join(CLEAN_SHUTDOWN_FILE);
+    let mut log = open(dir.path(), small_segments());
+    log.append_as_leader(&batch(2, 0), 0, 0).unwrap();
+    log.close().unwrap();
+
+    // Opened and closed by kill -9 without a write: still clean.
+    let mut log = open(dir.path(), small_segments());
+    log.assign_epoch_start(1).unwrap();
+    assert!(marker.exists());
+    crash(log);
+
+    // The first write takes the marker away before it touches a segment,
+    // so a torn tail after a crash is recovered.
+    let mut log = open(dir.path(), small_segments());
+    log.append_as_leader(&batch(2, 0), 1, 0).unwrap();
+    assert!(!marker.exists());
+    let size = log.size_bytes();
+    let path = active_log_path(&log);
+    crash(log);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&[0x5a; 333]).unwrap();
+    drop(f);
+    let log = open(dir.path(), small_segments());
+    assert_eq!(log.log_end_offset(), 4);
+    assert_eq!(log.size_bytes(), size);
+}
+
+#[test]
 fn recovery_truncates_an_overwritten_tail() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), LogConfig::default());
@@ -496,7 +526,6 @@ fn high_watermark_and_log_start_survive_reopen() {
     assert!(dir.path().join(CLEAN_SHUTDOWN_FILE).exists());
 
     let mut log = open(dir.path(), small_segments());
-    assert!(!dir.path().join(CLEAN_SHUTDOWN_FILE).exists());
     assert_eq!(log.high_watermark(), 31);
     assert_eq!(log.log_start_offset(), 9);
     assert_eq!(log.log_end_offset(), 40);
