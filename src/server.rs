@@ -217,32 +217,38 @@ pub async fn run(settings: Settings) -> Result<()> {
             config: broker_config,
         } = bind_broker(&settings, node_id, &cluster_id, &log_dir, &listener).await?;
 
-        let (controller_api, image): (Arc<dyn ControllerApi>, _) = match (&controller, standalone) {
-            (Some(c), true) => (
-                Arc::new(LocalController::new(
-                    c.clone(),
-                    c.subscribe_image(),
+        let (controller_api, image, replayed): (Arc<dyn ControllerApi>, _, _) =
+            match (&controller, standalone) {
+                (Some(c), true) => (
+                    Arc::new(LocalController::new(
+                        c.clone(),
+                        c.subscribe_image(),
+                        standalone_image.subscribe(),
+                    )) as Arc<dyn ControllerApi>,
                     standalone_image.subscribe(),
-                )) as Arc<dyn ControllerApi>,
-                standalone_image.subscribe(),
-            ),
-            _ => {
-                let addresses: Vec<(i32, String)> =
-                    voters.iter().map(|v| (v.id, v.address())).collect();
-                let remote = RemoteController::new(
-                    cluster_id.clone(),
-                    addresses.clone(),
-                    Duration::from_secs(30),
-                );
-                let image = follow_metadata_log(
-                    node_id,
-                    addresses,
-                    broker_publishers.clone(),
-                    stop_rx.clone(),
-                );
-                (Arc::new(remote) as Arc<dyn ControllerApi>, image)
-            }
-        };
+                    None,
+                ),
+                _ => {
+                    let addresses: Vec<(i32, String)> =
+                        voters.iter().map(|v| (v.id, v.address())).collect();
+                    let remote = RemoteController::new(
+                        cluster_id.clone(),
+                        addresses.clone(),
+                        Duration::from_secs(30),
+                    );
+                    let followed = follow_metadata_log(
+                        node_id,
+                        addresses,
+                        broker_publishers.clone(),
+                        stop_rx.clone(),
+                    );
+                    (
+                        Arc::new(remote) as Arc<dyn ControllerApi>,
+                        followed.applied,
+                        Some(followed.replayed),
+                    )
+                }
+            };
         let groups = groups.clone().context("a broker has a group coordinator")?;
         groups.start(controller_api.clone(), stop_rx.clone());
         let broker = Arc::new(Broker::new(
@@ -267,6 +273,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             replicas.clone(),
             registration,
             image,
+            replayed,
             Duration::from_millis(settings.parse("broker.heartbeat.interval.ms")?),
         );
         broker_lifecycle

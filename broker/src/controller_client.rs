@@ -493,12 +493,7 @@ impl ControllerApi for RemoteController {
         heartbeat: api::BrokerHeartbeat,
     ) -> BoxFuture<'_, Result<HeartbeatReply, ControllerError>> {
         Box::pin(async move {
-            let request = BrokerHeartbeatRequest::default()
-                .with_broker_id(BrokerId(heartbeat.broker_id))
-                .with_broker_epoch(heartbeat.broker_epoch)
-                .with_current_metadata_offset(heartbeat.metadata_offset as i64)
-                .with_want_fence(heartbeat.want_fence)
-                .with_want_shut_down(heartbeat.want_shutdown);
+            let request = heartbeat_request(&heartbeat);
             let r = self.call(request, |r| r.error_code).await?;
             match error_of(r.error_code, None) {
                 Some(e) => Err(e),
@@ -602,10 +597,11 @@ pub fn follow_metadata_log(
     voters: Vec<(i32, String)>,
     publishers: Vec<Arc<dyn Publisher>>,
     mut stop: watch::Receiver<bool>,
-) -> watch::Receiver<Arc<MetadataImage>> {
+) -> FollowedMetadata {
     // The image is shown once every publisher has acted on it.
     let applied = Arc::new(ImageWatch::new());
     let image_rx = applied.subscribe();
+    let (replayed_tx, replayed) = watch::channel(0u64);
     let mut publishers = publishers;
     publishers.push(applied);
     tokio::spawn(async move {
@@ -624,7 +620,7 @@ pub fn follow_metadata_log(
             let index = next_voter % voters.len();
             let (voter_id, address) = &voters[index];
             next_voter = index + 1;
-            let session = follow_from(node_id, *voter_id, address, &mut loader);
+            let session = follow_from(node_id, *voter_id, address, &mut loader, &replayed_tx);
             let ended = tokio::select! {
                 ended = session => ended,
                 _ = stop.wait_for(|s| *s) => return,
@@ -651,7 +647,34 @@ pub fn follow_metadata_log(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    image_rx
+    FollowedMetadata {
+        applied: image_rx,
+        replayed,
+    }
+}
+
+/// What [`follow_metadata_log`] shows of its progress.
+pub struct FollowedMetadata {
+    /// The image every publisher has acted on: what the broker serves.
+    pub applied: watch::Receiver<Arc<MetadataImage>>,
+    /// The offset of the newest entry received and replayed, which the
+    /// publishers may still be acting on.
+    pub replayed: watch::Receiver<u64>,
+}
+
+/// Kafka's BrokerHeartbeat, with Sluice's replayed offset as a tagged field.
+fn heartbeat_request(heartbeat: &api::BrokerHeartbeat) -> BrokerHeartbeatRequest {
+    let mut request = BrokerHeartbeatRequest::default()
+        .with_broker_id(BrokerId(heartbeat.broker_id))
+        .with_broker_epoch(heartbeat.broker_epoch)
+        .with_current_metadata_offset(heartbeat.metadata_offset as i64)
+        .with_want_fence(heartbeat.want_fence)
+        .with_want_shut_down(heartbeat.want_shutdown);
+    request.unknown_tagged_fields.insert(
+        api::METADATA_REPLAYED_OFFSET_TAG,
+        Bytes::copy_from_slice(&(heartbeat.metadata_replayed_offset as i64).to_be_bytes()),
+    );
+    request
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -680,11 +703,13 @@ async fn follow_from(
     voter_id: i32,
     address: &str,
     loader: &mut MetadataLoader,
+    replayed: &watch::Sender<u64>,
 ) -> Result<SessionEnd, FollowError> {
     const MAX_BYTES: i32 = 8 * 1024 * 1024;
     let mut client = KafkaClient::connect(address, CLIENT_ID).await?;
     client.set_request_timeout(Duration::from_secs(10));
     loop {
+        replayed.send_replace(loader.image().offset);
         let from = loader.image().offset as i64 + 1;
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(node_id))
@@ -796,5 +821,36 @@ async fn fetch_snapshot(client: &mut KafkaClient, end_offset: i64) -> Result<Byt
         if data.len() as i64 >= p.size {
             return Ok(Bytes::from(data));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller_service::replayed_offset_of;
+    use bytes::BytesMut;
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    #[test]
+    fn the_replayed_offset_crosses_the_wire_in_every_heartbeat_version() {
+        let heartbeat = api::BrokerHeartbeat {
+            broker_id: 3,
+            broker_epoch: 42,
+            metadata_offset: 100,
+            metadata_replayed_offset: 123_456,
+            want_fence: false,
+            want_shutdown: false,
+        };
+        for version in 0..=1 {
+            let mut buf = BytesMut::new();
+            heartbeat_request(&heartbeat)
+                .encode(&mut buf, version)
+                .unwrap();
+            let decoded = BrokerHeartbeatRequest::decode(&mut buf.freeze(), version).unwrap();
+            assert_eq!(decoded.current_metadata_offset, 100);
+            assert_eq!(replayed_offset_of(&decoded), 123_456, "version {version}");
+        }
+        // A heartbeat without it (another broker's) reads as 0.
+        assert_eq!(replayed_offset_of(&BrokerHeartbeatRequest::default()), 0);
     }
 }

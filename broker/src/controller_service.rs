@@ -297,6 +297,7 @@ impl ControllerService {
             broker_id: r.broker_id.0,
             broker_epoch: r.broker_epoch,
             metadata_offset: r.current_metadata_offset.max(0) as u64,
+            metadata_replayed_offset: replayed_offset_of(&r),
             want_fence: r.want_fence,
             want_shutdown: r.want_shut_down,
         };
@@ -607,4 +608,13 @@ impl Service for ControllerService {
     ) -> Option<BoxFuture<'static, ()>> {
         Some((self.raft_streams)(reader, peer))
     }
+}
+
+/// The heartbeat's [`api::METADATA_REPLAYED_OFFSET_TAG`] field; 0 when
+/// absent (a broker that does not send it) or malformed.
+pub(crate) fn replayed_offset_of(r: &BrokerHeartbeatRequest) -> u64 {
+    r.unknown_tagged_fields
+        .get(&api::METADATA_REPLAYED_OFFSET_TAG)
+        .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map_or(0, |b| i64::from_be_bytes(b).max(0) as u64)
 }

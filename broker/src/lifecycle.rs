@@ -85,6 +85,9 @@ pub struct BrokerLifecycle {
     registration: BrokerRegistrationRequest,
     /// The broker's metadata image, whose offset each heartbeat reports.
     image: watch::Receiver<Arc<MetadataImage>>,
+    /// The newest metadata offset received, which the broker may still be
+    /// applying (none when the image is made in-process).
+    replayed: Option<watch::Receiver<u64>>,
     /// `broker.heartbeat.interval.ms`
     interval: Duration,
     epoch: watch::Sender<i64>,
@@ -99,6 +102,7 @@ impl BrokerLifecycle {
         replicas: Arc<ReplicaManager>,
         registration: BrokerRegistrationRequest,
         image: watch::Receiver<Arc<MetadataImage>>,
+        replayed: Option<watch::Receiver<u64>>,
         interval: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -106,6 +110,7 @@ impl BrokerLifecycle {
             replicas,
             registration,
             image,
+            replayed,
             interval,
             epoch: watch::channel(-1).0,
             shutting_down: AtomicBool::new(false),
@@ -122,10 +127,13 @@ impl BrokerLifecycle {
     }
 
     fn heartbeat_request(&self, want_shutdown: bool) -> BrokerHeartbeat {
+        let applied = self.image.borrow().offset;
+        let replayed = self.replayed.as_ref().map_or(0, |r| *r.borrow());
         BrokerHeartbeat {
             broker_id: self.registration.broker_id,
             broker_epoch: self.broker_epoch(),
-            metadata_offset: self.image.borrow().offset,
+            metadata_offset: applied,
+            metadata_replayed_offset: replayed.max(applied),
             want_fence: false,
             want_shutdown,
         }
@@ -173,25 +181,10 @@ impl BrokerLifecycle {
                 Ok(HeartbeatReply {
                     is_fenced: false, ..
                 }) => {
-                    // Serve only once this broker's own image has the
-                    // unfencing and the leaderships that came with it.
-                    let id = self.broker_id();
-                    let epoch = self.broker_epoch();
-                    let mut image = self.image.clone();
-                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    tokio::time::timeout(
-                        remaining,
-                        image.wait_for(|i| {
-                            i.brokers
-                                .get(&id)
-                                .is_some_and(|b| !b.fenced && b.broker_epoch == epoch)
-                        }),
-                    )
-                    .await
-                    .map_err(|_| ControllerError::Timeout)?
-                    .map_err(|_| ControllerError::Internal("metadata stopped".into()))?;
-                    info!(broker_id = id, "broker unfenced");
-                    return Ok(());
+                    if self.await_own_unfencing(deadline).await? {
+                        info!(broker_id = self.broker_id(), "broker unfenced");
+                        return Ok(());
+                    }
                 }
                 Ok(_) => {}
                 Err(ControllerError::StaleBrokerEpoch { .. }) => {
@@ -206,6 +199,45 @@ impl BrokerLifecycle {
             }
             // Starting brokers check in often, to be unfenced soon after catching up.
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// After the controller has unfenced this broker: waits until the
+    /// broker's own image shows it (with the leaderships that came with
+    /// it), so it serves only then. Applying that can outlast a session
+    /// (leaderships over 100,000 partitions), so it keeps heartbeating
+    /// meanwhile. False if the controller fenced it again first.
+    async fn await_own_unfencing(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, ControllerError> {
+        let id = self.broker_id();
+        let epoch = self.broker_epoch();
+        let mut image = self.image.clone();
+        loop {
+            let next_heartbeat = tokio::time::Instant::now() + self.interval;
+            tokio::select! {
+                shown = image.wait_for(|i| {
+                    i.brokers
+                        .get(&id)
+                        .is_some_and(|b| !b.fenced && b.broker_epoch == epoch)
+                }) => {
+                    shown.map_err(|_| ControllerError::Internal("metadata stopped".into()))?;
+                    return Ok(true);
+                }
+                _ = tokio::time::sleep_until(deadline) => return Err(ControllerError::Timeout),
+                _ = tokio::time::sleep_until(next_heartbeat) => {}
+            }
+            match self
+                .controller
+                .broker_heartbeat(self.heartbeat_request(false))
+                .await
+            {
+                Ok(reply) if reply.is_fenced => return Ok(false),
+                Ok(_) => {}
+                Err(ControllerError::StaleBrokerEpoch { .. }) => return Ok(false),
+                Err(e) => debug!(error = %e, "heartbeat failed while applying the unfencing"),
+            }
         }
     }
 
@@ -282,5 +314,70 @@ impl BrokerLifecycle {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         warn!("controlled shutdown did not complete in time; stopping anyway");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication_tests::TestController;
+    use sluice_metadata::{BrokerRecord, MetadataRecord, Uuid};
+
+    /// The entry that unfences a broker also hands it its leaderships; at
+    /// 100,000 partitions applying it outlasts a session. The broker must
+    /// keep heartbeating meanwhile, or the controller fences it again.
+    #[tokio::test]
+    async fn a_starting_broker_heartbeats_while_it_applies_its_unfencing() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = Arc::new(TestController::idle());
+        let replicas =
+            Arc::new(ReplicaManager::new(1, dir.path().to_path_buf(), Default::default()).unwrap());
+        let applied = ImageWatch::new();
+        let interval = Duration::from_millis(20);
+        let lifecycle = BrokerLifecycle::new(
+            controller.clone(),
+            replicas,
+            BrokerRegistrationRequest {
+                broker_id: 1,
+                incarnation_id: Uuid::new_v4(),
+                endpoints: Vec::new(),
+                rack: None,
+            },
+            applied.subscribe(),
+            None,
+            interval,
+        );
+        let starting = tokio::spawn({
+            let lifecycle = lifecycle.clone();
+            async move { lifecycle.start(Duration::from_secs(600)).await }
+        });
+
+        // Unfenced by the controller at its first heartbeat; its own image
+        // shows that only 25 heartbeat intervals later.
+        tokio::time::sleep(interval * 25).await;
+        assert!(
+            !starting.is_finished(),
+            "serving before its image shows it unfenced"
+        );
+        let beats = controller.heartbeats.lock().unwrap().len();
+        assert!(
+            beats >= 5,
+            "{beats} heartbeats in 25 intervals of {interval:?} while applying"
+        );
+
+        let mut delta = MetadataDelta::new(MetadataImage::empty());
+        delta
+            .replay(&MetadataRecord::Broker(BrokerRecord {
+                broker_id: 1,
+                incarnation_id: Uuid::new_v4(),
+                broker_epoch: TestController::BROKER_EPOCH,
+                endpoints: Vec::new(),
+                rack: None,
+                fenced: false,
+            }))
+            .unwrap();
+        let image = delta.apply(TestController::BROKER_EPOCH as u64 + 1);
+        applied.publish(&delta, &image);
+        starting.await.unwrap().unwrap();
     }
 }

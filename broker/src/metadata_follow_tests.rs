@@ -139,7 +139,7 @@ async fn a_broker_leaves_a_voter_cut_off_from_the_quorum_for_the_leader() {
         (2, serve(2, two.clone()).await),
     ];
     let (stop, stop_rx) = watch::channel(false);
-    let mut image = follow_metadata_log(7, voters, Vec::new(), stop_rx);
+    let mut image = follow_metadata_log(7, voters, Vec::new(), stop_rx).applied;
     let reached = |image: &mut watch::Receiver<_>, offset: u64| {
         let mut image = image.clone();
         async move {

@@ -57,14 +57,19 @@ impl Cluster {
     }
 }
 
-/// A controller that only answers AlterPartition, validating it as the real
-/// one does and committing the new ISR to the test's metadata log.
+/// A controller that answers AlterPartition, validating it as the real
+/// one does and committing the new ISR to the test's metadata log; and
+/// registrations (at [`TestController::BROKER_EPOCH`]) and heartbeats, which
+/// it unfences at once and records. Nothing else.
 pub(crate) struct TestController {
     cluster: Arc<Mutex<Cluster>>,
     pub(crate) calls: Mutex<Vec<(i32, i64, IsrChange)>>,
+    pub(crate) heartbeats: Mutex<Vec<BrokerHeartbeat>>,
 }
 
 impl TestController {
+    pub(crate) const BROKER_EPOCH: i64 = 7;
+
     /// One with an empty log, for tests that need a controller but ask nothing of it.
     pub(crate) fn idle() -> Self {
         Self {
@@ -73,6 +78,7 @@ impl TestController {
                 offset: 0,
             })),
             calls: Mutex::new(Vec::new()),
+            heartbeats: Mutex::new(Vec::new()),
         }
     }
 }
@@ -124,7 +130,7 @@ impl ControllerApi for TestController {
         &self,
         _request: BrokerRegistrationRequest,
     ) -> BoxFuture<'_, Result<i64, ControllerError>> {
-        refuse()
+        Box::pin(async { Ok(Self::BROKER_EPOCH) })
     }
     fn allocate_producer_ids(
         &self,
@@ -135,9 +141,16 @@ impl ControllerApi for TestController {
     }
     fn broker_heartbeat(
         &self,
-        _heartbeat: BrokerHeartbeat,
+        heartbeat: BrokerHeartbeat,
     ) -> BoxFuture<'_, Result<HeartbeatReply, ControllerError>> {
-        refuse()
+        self.heartbeats.lock().unwrap().push(heartbeat);
+        Box::pin(async {
+            Ok(HeartbeatReply {
+                is_caught_up: true,
+                is_fenced: false,
+                should_shutdown: false,
+            })
+        })
     }
     fn write_group(
         &self,
@@ -343,6 +356,7 @@ pub(crate) async fn two_brokers_with(
     let controller = Arc::new(TestController {
         cluster: cluster.clone(),
         calls: Mutex::new(Vec::new()),
+        heartbeats: Mutex::new(Vec::new()),
     });
     let mut nodes = Vec::new();
     let mut broker_records = Vec::new();

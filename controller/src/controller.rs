@@ -122,11 +122,13 @@ impl EntryWindow {
 
 /// How a broker's metadata stands against the controller's log.
 struct MetadataLag {
-    /// Behind, and not moving, for longer than a session: it follows a
-    /// stale source or is stuck, and serves from a view the cluster has
-    /// moved past. It is fenced. (A broker that keeps applying, however
-    /// far behind a burst of changes left it, is not: at 100,000
-    /// partitions creating them takes every broker minutes.)
+    /// Has not received the log's newest entries, and not moved, for longer
+    /// than a session: it follows a stale source or is stuck, and serves
+    /// from a view the cluster has moved past. It is fenced. (A broker that
+    /// keeps receiving, however far behind a burst of changes left it, is
+    /// not: at 100,000 partitions creating them takes every broker minutes.
+    /// Nor is one that has received everything and is still applying an
+    /// entry: moving 30,000 leaderships takes longer than a session.)
     stalled: bool,
     /// Has not reached, within a session, an offset the log had when it
     /// was seen behind: not caught up, so a fenced broker stays fenced.
@@ -575,25 +577,36 @@ impl Controller {
     }
 
     /// Notes how far a broker's metadata has got against this controller's
-    /// log end `log_end`.
-    fn metadata_lag(&self, term: u64, broker_id: i32, reported: u64, log_end: u64) -> MetadataLag {
+    /// log end `log_end`: `applied`, and `replayed` (received, perhaps still
+    /// being applied; at least `applied`).
+    fn metadata_lag(
+        &self,
+        term: u64,
+        broker_id: i32,
+        applied: u64,
+        replayed: u64,
+        log_end: u64,
+    ) -> MetadataLag {
         let now = Instant::now();
         let session = self.config.broker_session_timeout;
         let mut guard = lock(&self.sessions);
         let sessions = guard.for_term(term);
         if let Some(&(target, _)) = sessions.behind.get(&broker_id) {
-            if reported >= target {
+            if applied >= target {
                 sessions.behind.remove(&broker_id);
             }
         }
-        if reported < log_end {
+        if applied < log_end {
             sessions.behind.entry(broker_id).or_insert((log_end, now));
+        }
+        let replayed = replayed.max(applied);
+        if replayed < log_end {
             let moved = sessions
                 .progress
                 .get(&broker_id)
-                .is_none_or(|&(last, _)| reported > last);
+                .is_none_or(|&(last, _)| replayed > last);
             if moved {
-                sessions.progress.insert(broker_id, (reported, now));
+                sessions.progress.insert(broker_id, (replayed, now));
             }
         } else {
             sessions.progress.remove(&broker_id);
@@ -624,7 +637,13 @@ impl Controller {
                 broker_epoch: hb.broker_epoch,
             })?;
         self.touch_session(hb.broker_id, hb.broker_epoch, hb.metadata_offset);
-        let lag = self.metadata_lag(term, hb.broker_id, hb.metadata_offset, image.offset);
+        let lag = self.metadata_lag(
+            term,
+            hb.broker_id,
+            hb.metadata_offset,
+            hb.metadata_replayed_offset,
+            image.offset,
+        );
         // A registration's epoch is at most the offset it committed at.
         let is_caught_up =
             hb.metadata_offset >= registered.broker_epoch as u64 && !lag.behind_too_long;
@@ -655,6 +674,7 @@ impl Controller {
                 broker_id = hb.broker_id,
                 metadata_offset = hb.metadata_offset,
                 log_end = image.offset,
+                metadata_replayed_offset = hb.metadata_replayed_offset,
                 "broker's metadata has been behind, not moving, for longer than its session; fencing it"
             );
             let (broker_id, epoch) = (hb.broker_id, hb.broker_epoch);

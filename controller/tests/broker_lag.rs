@@ -2,7 +2,8 @@
 //! off from the quorum, say) is fenced once it has been behind, not
 //! moving, for longer than its session, though it heartbeats; it is
 //! unfenced once it has caught up again. One that is behind but applying
-//! is left alone.
+//! is left alone, and so is one that has received everything and is
+//! still applying a long entry.
 
 use std::time::Duration;
 
@@ -15,11 +16,23 @@ use sluice_metadata::controller_api::{BrokerHeartbeat, ControllerApi, HeartbeatR
 const SESSION: Duration = Duration::from_millis(1500);
 
 async fn heartbeat(controller: &Controller, epoch: i64, offset: u64) -> HeartbeatReply {
+    heartbeat_replayed(controller, epoch, offset, 0).await
+}
+
+/// A heartbeat from a broker that has applied `applied` and received and
+/// replayed `replayed`.
+async fn heartbeat_replayed(
+    controller: &Controller,
+    epoch: i64,
+    applied: u64,
+    replayed: u64,
+) -> HeartbeatReply {
     controller
         .broker_heartbeat(BrokerHeartbeat {
             broker_id: 1,
             broker_epoch: epoch,
-            metadata_offset: offset,
+            metadata_offset: applied,
+            metadata_replayed_offset: replayed,
             want_fence: false,
             want_shutdown: false,
         })
@@ -134,5 +147,49 @@ async fn a_broker_behind_but_applying_is_not_fenced_until_it_stalls() {
     // Caught up, it is unfenced.
     let reply = heartbeat(&controller, epoch, controller.image().offset).await;
     assert!(!reply.is_fenced && reply.is_caught_up, "{reply:?}");
+    controller.shutdown().await;
+}
+
+/// A broker that has received the log's newest entry but takes longer than
+/// a session to apply it (leaderships over 100,000 partitions) is busy, not
+/// stuck: it stays unfenced. The same broker without the newest entry is
+/// fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_applying_a_long_entry_it_has_received_is_not_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let controller = standalone_controller(dir.path(), 1, |config| {
+        config.broker_session_timeout = SESSION;
+    })
+    .await;
+    let epoch = register(&controller, 1).await;
+    let applied = controller.image().offset;
+    assert!(!heartbeat(&controller, epoch, applied).await.is_fenced);
+
+    create_topic(&controller, "long-to-apply").await;
+    let end = controller.image().offset;
+    let until = tokio::time::Instant::now() + SESSION * 4;
+    while tokio::time::Instant::now() < until {
+        let reply = heartbeat_replayed(&controller, epoch, applied, end).await;
+        assert!(
+            !reply.is_fenced,
+            "fenced while applying an entry it has received: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Without it, the same broker is behind a stale source: fenced.
+    create_topic(&controller, "not-received").await;
+    let deadline = tokio::time::Instant::now() + SESSION * 4;
+    let reply = loop {
+        let reply = heartbeat_replayed(&controller, epoch, applied, end).await;
+        if reply.is_fenced || tokio::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        reply.is_fenced,
+        "stuck behind the log but unfenced: {reply:?}"
+    );
     controller.shutdown().await;
 }

@@ -29,6 +29,7 @@ async fn controller_with_topic(dir: &std::path::Path) -> (Arc<Controller>, Group
             broker_id: 1,
             broker_epoch,
             metadata_offset: u64::MAX / 2,
+            metadata_replayed_offset: 0,
             want_fence: false,
             want_shutdown: false,
         })

@@ -123,6 +123,11 @@ pub struct BrokerRegistrationRequest {
     pub rack: Option<String>,
 }
 
+/// The BrokerHeartbeat tagged field carrying
+/// [`BrokerHeartbeat::metadata_replayed_offset`] (an i64, big-endian): a
+/// Sluice extension, far from Kafka's own tags; other controllers ignore it.
+pub const METADATA_REPLAYED_OFFSET_TAG: i32 = 10_000;
+
 /// A broker's periodic heartbeat (Kafka's BrokerHeartbeat).
 #[derive(Clone, Debug)]
 pub struct BrokerHeartbeat {
@@ -130,6 +135,13 @@ pub struct BrokerHeartbeat {
     pub broker_epoch: i64,
     /// The highest metadata offset the broker has applied.
     pub metadata_offset: u64,
+    /// The highest metadata offset the broker has received and replayed
+    /// into the image it is applying (never below `metadata_offset`; 0 when
+    /// unknown). Ahead of `metadata_offset`, the broker is busy applying an
+    /// entry (a leadership change over 100,000 partitions takes seconds),
+    /// not stuck behind a stale source. Sent as a tagged field of Kafka's
+    /// BrokerHeartbeat, [`METADATA_REPLAYED_OFFSET_TAG`].
+    pub metadata_replayed_offset: u64,
     /// True while the broker is starting and wants to stay fenced.
     pub want_fence: bool,
     /// True when the broker is shutting down and wants its leaderships moved.

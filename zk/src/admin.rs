@@ -942,6 +942,7 @@ mod tests {
                 broker_id: 1,
                 broker_epoch: 1,
                 metadata_offset: 0,
+                metadata_replayed_offset: 0,
                 want_fence: false,
                 want_shutdown: false,
             })
