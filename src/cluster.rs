@@ -15,6 +15,7 @@
 //! each ZooKeeper server's role and zxid, the controller broker and its
 //! epoch, and each broker's registration.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -205,6 +206,9 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
+            // Out of the terminal's process group: Ctrl-C reaches only this
+            // process, which stops the brokers before the controllers.
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting node {}", self.id))?;
         self.child = Some(child);

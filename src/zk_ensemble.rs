@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -119,6 +120,9 @@ impl ZkServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            // Ctrl-C reaches only the process that started it, which stops
+            // the brokers before their ZooKeeper.
+            .process_group(0)
             .spawn()
             .with_context(|| {
                 format!(

@@ -283,3 +283,84 @@ fn cluster_up_starts_a_cluster_and_status_describes_it() {
     // Every node is gone: nothing listens on the brokers' port any more.
     assert!(std::net::TcpStream::connect(&bootstrap).is_err());
 }
+
+/// Ctrl-C in a terminal signals `sluice cluster up` and, unless they are
+/// in a process group of their own, every node it started: the
+/// controllers would then be gone before the brokers' controlled
+/// shutdown could finish, and each broker would wait for it in vain. The
+/// brokers stop first, the controllers after, and no shutdown falls short.
+#[test]
+fn ctrl_c_stops_the_brokers_before_the_controllers() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let base = 20_000 + (std::process::id() % 20_000) as u16 + 7;
+    // Its own process group, like a shell's foreground job.
+    let mut up = std::process::Command::new(common::BIN)
+        .args(["cluster", "up", "--controllers", "3", "--brokers", "3"])
+        .args(["--port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !printed.contains("The cluster is up") {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("cluster up did not start:\n{printed}"));
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    let bootstrap = format!("127.0.0.1:{base}");
+    let created = std::process::Command::new(common::BIN)
+        .args([
+            "topics",
+            "--bootstrap-server",
+            &bootstrap,
+            "create",
+            "stop-order",
+        ])
+        .args(["--partitions", "6", "--replication-factor", "3"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+
+    // What Ctrl-C does: SIGINT to the whole foreground process group.
+    let stopping = std::time::Instant::now();
+    // SAFETY: kill(2) on the process group of a child we started.
+    assert_eq!(unsafe { libc::kill(-(up.id() as i32), libc::SIGINT) }, 0);
+    let deadline = stopping + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster up did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("the whole cluster stopped in {:?}", stopping.elapsed());
+    assert!(status.success());
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("node-{id}.log"))).unwrap();
+        assert!(
+            log.contains("controlled shutdown complete"),
+            "broker {id} did not complete its controlled shutdown:\n{log}"
+        );
+        assert!(
+            !log.contains("controlled shutdown did not complete"),
+            "broker {id}'s controlled shutdown fell short:\n{log}"
+        );
+    }
+}
