@@ -680,7 +680,9 @@ async fn up(args: UpArgs) -> Result<()> {
     };
     // Starting ZooKeeper waits on it in this thread.
     let mut cluster = tokio::task::block_in_place(|| LocalCluster::launch(&spec))?;
-    cluster.wait_serving(Duration::from_secs(120)).await?;
+    // As long as a broker itself waits to join: a restart over 100,000
+    // partitions on disk takes minutes.
+    cluster.wait_serving(Duration::from_secs(600)).await?;
     let with_metrics = cluster.nodes.iter().any(|n| n.metrics.is_some());
     let mut header = vec!["ROLE", "NODE", "ADDRESS", "DATA", "LOG"];
     if with_metrics {
