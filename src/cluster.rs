@@ -15,7 +15,6 @@
 //! each ZooKeeper server's role and zxid, the controller broker and its
 //! epoch, and each broker's registration.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use sluice_broker::KafkaClient;
 
 use crate::settings::parse_zookeeper_connect;
 use crate::table::Table;
-use crate::zk_ensemble::{srvr, ServerPorts, ZkEnsemble};
+use crate::zk_ensemble::{srvr, ServerPorts, SpawnIgnoringInterrupts, ZkEnsemble};
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -206,10 +205,7 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
-            // Out of the terminal's process group: Ctrl-C reaches only this
-            // process, which stops the brokers before the controllers.
-            .process_group(0)
-            .spawn()
+            .spawn_ignoring_interrupts()
             .with_context(|| format!("starting node {}", self.id))?;
         self.child = Some(child);
         Ok(())

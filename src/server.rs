@@ -721,9 +721,16 @@ fn spawn_quorum_metrics(controller: &Arc<Controller>) {
 }
 
 pub async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
+        // Started with SIGINT ignored (by `sluice cluster up`, or nohup):
+        // leave it so, and stop on SIGTERM alone.
+        let ctrl_c = async {
+            if interrupt_ignored() {
+                std::future::pending::<()>().await;
+            }
+            let _ = tokio::signal::ctrl_c().await;
+        };
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
@@ -731,13 +738,28 @@ pub async fn wait_for_signal() {
                     _ = term.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+            Err(_) => ctrl_c.await,
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Whether this process's SIGINT disposition is "ignore" (as inherited
+/// across exec), before anything here installs a handler for it.
+#[cfg(unix)]
+fn interrupt_ignored() -> bool {
+    use std::sync::OnceLock;
+    static IGNORED: OnceLock<bool> = OnceLock::new();
+    *IGNORED.get_or_init(|| {
+        // SAFETY: sigaction(2) with a null new action only reads the
+        // current one into `current`, a zeroed, owned struct.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGINT, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+        }
+    })
 }

@@ -120,10 +120,7 @@ impl ZkServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            // Ctrl-C reaches only the process that started it, which stops
-            // the brokers before their ZooKeeper.
-            .process_group(0)
-            .spawn()
+            .spawn_ignoring_interrupts()
             .with_context(|| {
                 format!(
                     "starting ZooKeeper server {} with `{}` (is a Java runtime installed? \
@@ -467,4 +464,33 @@ pub fn parse_srvr(text: &str) -> Result<ServerStatus> {
         mode: mode.to_string(),
         zxid,
     })
+}
+
+/// Starting a cluster's processes so that Ctrl-C stops them in order.
+pub trait SpawnIgnoringInterrupts {
+    /// Spawns the process with SIGINT ignored. Ctrl-C in a terminal sends
+    /// SIGINT to the whole foreground process group: the nodes would stop
+    /// all at once, the controllers (or ZooKeeper) before the brokers'
+    /// controlled shutdown could finish. Ignoring it, they leave it to the
+    /// process that started them, which stops the brokers first with
+    /// SIGTERM. They stay in its process group, so killing the group still
+    /// takes them all. (A `sluice server` keeps an inherited SIGINT
+    /// ignored, as a JVM does: the nohup convention.)
+    fn spawn_ignoring_interrupts(&mut self) -> std::io::Result<Child>;
+}
+
+impl SpawnIgnoringInterrupts for Command {
+    fn spawn_ignoring_interrupts(&mut self) -> std::io::Result<Child> {
+        // SAFETY: signal(2) is async-signal-safe, as a pre_exec hook
+        // requires; it changes only the child's disposition of SIGINT.
+        unsafe {
+            self.pre_exec(|| {
+                if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.spawn()
+    }
 }

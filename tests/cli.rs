@@ -192,34 +192,15 @@ fn metadata_comes_back_from_snapshot_and_log_after_kill_9() {
 /// `cluster status`, serves clients, and stops every node on SIGTERM.
 #[test]
 fn cluster_up_starts_a_cluster_and_status_describes_it() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     // A base port whose neighbours (+1, +100..+102) are very likely free.
     let base = 20_000 + (std::process::id() % 20_000) as u16;
-    let mut up = std::process::Command::new(common::BIN)
+    let mut command = std::process::Command::new(common::BIN);
+    command
         .args(["cluster", "up", "--controllers", "3", "--brokers", "2"])
         .args(["--port", &base.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !printed.contains("The cluster is up") {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .unwrap_or_else(|_| panic!("cluster up did not start:\n{printed}"));
-        printed.push_str(&line);
-        printed.push('\n');
-    }
+        .arg(dir.path());
+    let (mut up, printed) = common::start_cluster_up(command, dir.path(), Duration::from_secs(120));
     assert!(printed.contains("controller  1001"), "{printed}");
     assert!(
         printed.contains(&format!("127.0.0.1:{}", base + 1)),
@@ -268,59 +249,50 @@ fn cluster_up_starts_a_cluster_and_status_describes_it() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &up.id().to_string()])
         .status();
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = up.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cluster up did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::wait_exit(&mut up, Duration::from_secs(90));
     assert!(status.success());
     // Every node is gone: nothing listens on the brokers' port any more.
     assert!(std::net::TcpStream::connect(&bootstrap).is_err());
 }
 
-/// Ctrl-C in a terminal signals `sluice cluster up` and, unless they are
-/// in a process group of their own, every node it started: the
-/// controllers would then be gone before the brokers' controlled
-/// shutdown could finish, and each broker would wait for it in vain. The
-/// brokers stop first, the controllers after, and no shutdown falls short.
+/// Ctrl-C in a terminal sends SIGINT to `sluice cluster up` and to every
+/// node it started (they share its process group): were the nodes to act
+/// on it, the controllers (or ZooKeeper) would be gone before the brokers'
+/// controlled shutdown could finish, and each broker would wait for it in
+/// vain. The brokers stop first, the rest after, and no shutdown falls
+/// short, in both modes.
 #[test]
 fn ctrl_c_stops_the_brokers_before_the_controllers() {
-    use std::io::{BufRead, BufReader};
+    // Ports below Linux's ephemeral range; ZooKeeper's quorum and election
+    // ports are its client ports plus 707 and 1707.
+    let base = 20_000 + (std::process::id() % 10_000) as u16 + 7;
+    let zk_base = 27_000 + (std::process::id() % 2_000) as u16;
+    stop_on_ctrl_c(&["--controllers", "3"], base);
+    stop_on_ctrl_c(
+        &[
+            "--mode",
+            "zk",
+            "--zookeepers",
+            "3",
+            "--zk-port",
+            &zk_base.to_string(),
+        ],
+        base + 3,
+    );
+}
+
+fn stop_on_ctrl_c(mode: &[&str], base: u16) {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let base = 20_000 + (std::process::id() % 20_000) as u16 + 7;
     // Its own process group, like a shell's foreground job.
-    let mut up = std::process::Command::new(common::BIN)
-        .args(["cluster", "up", "--controllers", "3", "--brokers", "3"])
+    let mut command = std::process::Command::new(common::BIN);
+    command
+        .args(["cluster", "up", "--brokers", "3"])
+        .args(mode)
         .args(["--port", &base.to_string(), "--data-dir"])
         .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !printed.contains("The cluster is up") {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-            .unwrap_or_else(|_| panic!("cluster up did not start:\n{printed}"));
-        printed.push_str(&line);
-        printed.push('\n');
-    }
+        .process_group(0);
+    let (mut up, _) = common::start_cluster_up(command, dir.path(), Duration::from_secs(180));
     let bootstrap = format!("127.0.0.1:{base}");
     let created = std::process::Command::new(common::BIN)
         .args([
@@ -339,28 +311,21 @@ fn ctrl_c_stops_the_brokers_before_the_controllers() {
     let stopping = std::time::Instant::now();
     // SAFETY: kill(2) on the process group of a child we started.
     assert_eq!(unsafe { libc::kill(-(up.id() as i32), libc::SIGINT) }, 0);
-    let deadline = stopping + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = up.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cluster up did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    eprintln!("the whole cluster stopped in {:?}", stopping.elapsed());
+    let status = common::wait_exit(&mut up, Duration::from_secs(120));
+    eprintln!(
+        "{mode:?}: the whole cluster stopped in {:?}",
+        stopping.elapsed()
+    );
     assert!(status.success());
     for id in 1..=3 {
         let log = std::fs::read_to_string(dir.path().join(format!("node-{id}.log"))).unwrap();
         assert!(
             log.contains("controlled shutdown complete"),
-            "broker {id} did not complete its controlled shutdown:\n{log}"
+            "{mode:?}: broker {id} did not complete its controlled shutdown:\n{log}"
         );
         assert!(
             !log.contains("controlled shutdown did not complete"),
-            "broker {id}'s controlled shutdown fell short:\n{log}"
+            "{mode:?}: broker {id}'s controlled shutdown fell short:\n{log}"
         );
     }
 }

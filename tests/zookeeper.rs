@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{partitions, wait_for_controller, zk_view, Cluster, Mode};
@@ -124,7 +123,8 @@ fn cluster_up_in_zookeeper_mode() {
     // Linux's ephemeral range, where outgoing connections take ports.
     let base = 20_000 + (std::process::id() % 3_000) as u16;
     let zk_base = 24_000 + (std::process::id() % 3_000) as u16;
-    let mut up = Command::new(common::BIN)
+    let mut command = Command::new(common::BIN);
+    command
         .args([
             "cluster",
             "up",
@@ -142,39 +142,8 @@ fn cluster_up_in_zookeeper_mode() {
             &zk_base.to_string(),
         ])
         .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !printed.contains("The cluster is up") {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| {
-                let logs = std::fs::read_dir(dir.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                    .map(|e| {
-                        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                        format!("===== {}\n{text}", e.path().display())
-                    })
-                    .collect::<String>();
-                panic!("cluster up did not start:\n{printed}\n{logs}")
-            });
-        printed.push_str(&line);
-        printed.push('\n');
-    }
+        .arg(dir.path());
+    let (mut up, printed) = common::start_cluster_up(command, dir.path(), Duration::from_secs(180));
     for id in 1..=3 {
         let zk = format!("127.0.0.1:{}", zk_base + id - 1);
         assert!(printed.contains(&format!("zookeeper  {id}")), "{printed}");
@@ -244,14 +213,7 @@ fn cluster_up_in_zookeeper_mode() {
     let _ = Command::new("kill")
         .args(["-TERM", &up.id().to_string()])
         .status();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let exit = loop {
-        if let Some(status) = up.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "cluster up did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exit = common::wait_exit(&mut up, Duration::from_secs(120));
     assert!(exit.success());
     // Every process is gone: brokers and ZooKeeper servers.
     for port in (base..base + 3).chain(zk_base..zk_base + 3) {

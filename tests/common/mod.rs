@@ -227,3 +227,60 @@ impl Drop for Server {
         self.kill9();
     }
 }
+
+/// Spawns `command` (a `sluice cluster up ...`) with its output piped and
+/// waits, within `limit`, until it prints that the cluster is up. Returns
+/// the process and what it printed; on failure, panics with that and the
+/// nodes' logs in `dir`.
+pub fn start_cluster_up(mut command: Command, dir: &Path, limit: Duration) -> (Child, String) {
+    let errors = dir.join("cluster-up.stderr.log");
+    let mut up = command
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&errors).expect("creating the stderr file"))
+        .spawn()
+        .expect("starting cluster up");
+    let stdout = up.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = String::new();
+    let deadline = std::time::Instant::now() + limit;
+    while !printed.contains("The cluster is up") {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| {
+                let logs = std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .map(|e| {
+                        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                        format!("===== {}\n{text}", e.path().display())
+                    })
+                    .collect::<String>();
+                panic!("cluster up did not start:\n{printed}\n{logs}")
+            });
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    (up, printed)
+}
+
+/// Waits for `child` to exit, within `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the process") {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process did not stop within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
