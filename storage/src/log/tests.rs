@@ -55,6 +55,15 @@ fn crash(log: PartitionLog) {
     drop(log);
 }
 
+/// kill -9 in the middle of an append: garbage after the last batch of the
+/// active segment.
+fn crash_with_garbage_tail(log: PartitionLog) {
+    let path = active_log_path(&log);
+    crash(log);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&[0x5a; 333]).unwrap();
+}
+
 #[test]
 fn append_and_read_round_trip() {
     let dir = tempfile::tempdir().unwrap();
@@ -335,11 +344,7 @@ fn recovery_truncates_garbage_after_the_last_batch() {
         log.append_as_leader(&batch(2, 0), 0, 0).unwrap();
     }
     let size = log.size_bytes();
-    let path = active_log_path(&log);
-    crash(log);
-    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-    f.write_all(&[0x5a; 333]).unwrap();
-    drop(f);
+    crash_with_garbage_tail(log);
 
     let mut log = open(dir.path(), small_segments());
     assert_eq!(log.log_end_offset(), 24);
@@ -376,11 +381,7 @@ fn the_clean_marker_stays_until_the_first_write_after_a_clean_open() {
     log.append_as_leader(&batch(2, 0), 1, 0).unwrap();
     assert!(!marker.exists());
     let size = log.size_bytes();
-    let path = active_log_path(&log);
-    crash(log);
-    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-    f.write_all(&[0x5a; 333]).unwrap();
-    drop(f);
+    crash_with_garbage_tail(log);
     let log = open(dir.path(), small_segments());
     assert_eq!(log.log_end_offset(), 4);
     assert_eq!(log.size_bytes(), size);
