@@ -63,9 +63,20 @@ async fn heartbeat_until_fenced(
     epoch: i64,
     offset: u64,
 ) -> HeartbeatReply {
+    heartbeat_replayed_until_fenced(controller, epoch, offset, 0).await
+}
+
+/// [`heartbeat_until_fenced`] from a broker that has applied `applied` and
+/// received `replayed`.
+async fn heartbeat_replayed_until_fenced(
+    controller: &Controller,
+    epoch: i64,
+    applied: u64,
+    replayed: u64,
+) -> HeartbeatReply {
     let deadline = tokio::time::Instant::now() + SESSION * 4;
     loop {
-        let reply = heartbeat(controller, epoch, offset).await;
+        let reply = heartbeat_replayed(controller, epoch, applied, replayed).await;
         if reply.is_fenced || tokio::time::Instant::now() > deadline {
             return reply;
         }
@@ -179,14 +190,7 @@ async fn a_broker_applying_a_long_entry_it_has_received_is_not_fenced() {
 
     // Without it, the same broker is behind a stale source: fenced.
     create_topic(&controller, "not-received").await;
-    let deadline = tokio::time::Instant::now() + SESSION * 4;
-    let reply = loop {
-        let reply = heartbeat_replayed(&controller, epoch, applied, end).await;
-        if reply.is_fenced || tokio::time::Instant::now() > deadline {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let reply = heartbeat_replayed_until_fenced(&controller, epoch, applied, end).await;
     assert!(
         reply.is_fenced,
         "stuck behind the log but unfenced: {reply:?}"

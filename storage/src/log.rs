@@ -54,30 +54,35 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// Replaces `path` with `bytes` atomically: write a temporary file, fsync,
 /// rename over, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(TMP_SUFFIX);
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    replace_file(path, bytes, true)
 }
 
 /// Replaces `path` with `bytes` atomically (a reader sees the old or the
 /// new content) but not durably: no fsync. After a power loss the file may
 /// be the old one, the new one, or the new one torn.
 pub(crate) fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    replace_file(path, bytes, false)
+}
+
+/// Writes a temporary file and renames it over `path`; `durable` fsyncs
+/// the file before the rename and the directory after it.
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StorageError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(TMP_SUFFIX);
     let tmp = PathBuf::from(tmp);
-    File::create(&tmp)?.write_all(bytes)?;
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+    }
     fs::rename(&tmp, path)?;
+    if durable {
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+    }
     Ok(())
 }
 

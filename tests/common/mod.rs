@@ -112,22 +112,23 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("spawning sluice server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("serving Kafka on ").nth(1) {
-                    let port = rest
-                        .split_whitespace()
-                        .next()
-                        .and_then(|addr| addr.rsplit(':').next())
-                        .and_then(|p| p.parse::<u16>().ok());
-                    let _ = tx.send(port);
-                }
+        let lines = stdout_lines(&mut child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let port = loop {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = lines.recv_timeout(wait) else {
+                break None;
+            };
+            if let Some(rest) = line.split("serving Kafka on ").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|addr| addr.rsplit(':').next())
+                    .and_then(|p| p.parse::<u16>().ok());
             }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(p)) => self.port = p,
+        };
+        match port {
+            Some(p) => self.port = p,
             _ => {
                 let _ = child.kill();
                 panic!("server did not start; log:\n{}", self.log());
@@ -239,13 +240,7 @@ pub fn start_cluster_up(mut command: Command, dir: &Path, limit: Duration) -> (C
         .stderr(std::fs::File::create(&errors).expect("creating the stderr file"))
         .spawn()
         .expect("starting cluster up");
-    let stdout = up.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut up);
     let mut printed = String::new();
     let deadline = std::time::Instant::now() + limit;
     while !printed.contains("The cluster is up") {
@@ -283,4 +278,17 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The lines `child` prints on its piped stdout, read on a thread of their
+/// own (which keeps draining the pipe after the receiver is dropped).
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
