@@ -3,8 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -12,9 +10,6 @@ use kafka_protocol::messages::create_topics_request::{CreatableReplicaAssignment
 use kafka_protocol::messages::{BrokerId, CreateTopicsRequest, MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
 use sluice_report::Mode;
 
 use crate::cluster::{describe_quorum, Coordination, LocalCluster, Spec, ZK_CHROOT};
@@ -473,116 +468,6 @@ pub async fn partition_states(
         }
     }
     Ok(seen)
-}
-
-/// Sets its flag when dropped.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Counts acknowledged and failed deliveries.
-#[derive(Default)]
-struct Deliveries {
-    acked: AtomicUsize,
-    failed: std::sync::Mutex<Vec<usize>>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
-        match result {
-            Ok(_) => {
-                self.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                if let Ok(mut failed) = self.failed.lock() {
-                    failed.push(index);
-                }
-            }
-        }
-    }
-}
-
-/// Writes one message to each of `partitions` with a standard client
-/// (librdkafka, acks=all) and waits until every one is acknowledged,
-/// sending again what fails.
-pub async fn write_each(
-    bootstrap: &str,
-    partitions: Vec<Partition>,
-    limit: Duration,
-) -> Result<()> {
-    let bootstrap = bootstrap.to_string();
-    // Dropped with this future (Ctrl-C): the blocking loop stops too, or
-    // the process would wait for it at exit.
-    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
-    let cancelled = cancel.0.clone();
-    tokio::task::spawn_blocking(move || {
-        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set(
-                "message.timeout.ms",
-                limit.as_millis().max(1000).to_string(),
-            )
-            .set("queue.buffering.max.messages", "1000000")
-            // Brokers busy starting time requests out: expected here, and
-            // the waiting is what is measured.
-            .set_log_level(RDKafkaLogLevel::Error)
-            .create_with_context(Deliveries::default())
-            .context("creating the probe producer")?;
-        let send = |index: usize| {
-            let (topic, partition) = &partitions[index];
-            let mut record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, index)
-                .partition(*partition)
-                .payload(&b"probe"[..]);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => return,
-                    Err((_, back)) => {
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-            }
-        };
-        for index in 0..partitions.len() {
-            send(index);
-        }
-        let deadline = Instant::now() + limit;
-        while producer.context().acked.load(Ordering::Relaxed) < partitions.len() {
-            let failed: Vec<usize> = producer
-                .context()
-                .failed
-                .lock()
-                .map(|mut f| std::mem::take(&mut *f))
-                .unwrap_or_default();
-            for index in failed {
-                send(index);
-            }
-            if cancelled.load(Ordering::Relaxed) {
-                bail!("cancelled");
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} of {} writes acknowledged within {limit:?}",
-                    producer.context().acked.load(Ordering::Relaxed),
-                    partitions.len()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = producer.flush(Duration::from_secs(10));
-        Ok(())
-    })
-    .await?
 }
 
 /// What the coordination store has done so far, from the nodes' own

@@ -9,6 +9,7 @@
 //! report folder (`sluice_report`) and a table of medians and ratios.
 
 mod bed;
+mod probe;
 mod scenarios;
 
 use std::io::{IsTerminal, Write};

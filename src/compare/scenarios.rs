@@ -63,7 +63,7 @@ pub async fn restart(bed: &mut Bed) -> Result<Outcome> {
     bed.cluster.relaunch(&[])?;
     bed.cluster.wait_serving(LIMIT).await?;
     let serving = ms(started);
-    super::bed::write_each(&bed.bootstrap(), bed.all_partitions(), LIMIT).await?;
+    super::probe::write_each(&bed.bootstrap(), bed.all_partitions(), LIMIT).await?;
     let writable = ms(started);
     Ok(Outcome {
         times: vec![
@@ -172,7 +172,7 @@ pub async fn broker_failure(bed: &mut Bed) -> Result<Outcome> {
     bed.wait_for_leaders(&survivors, &led, Some(victim as i32), LIMIT)
         .await?;
     let moved = ms(killed);
-    super::bed::write_each(&survivors.join(","), led, LIMIT).await?;
+    super::probe::write_each(&survivors.join(","), led, LIMIT).await?;
     let writable = ms(killed);
     Ok(Outcome {
         times: vec![
