@@ -9,6 +9,7 @@ mod commit_bench;
 mod compare;
 mod failover;
 mod groups;
+mod health;
 mod reload_bench;
 mod server;
 mod settings;
@@ -47,6 +48,18 @@ enum Command {
         /// (SLUICE_LOG_DIRS for log.dirs).
         #[arg(long = "set", short = 'o', value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+    },
+    /// Exit 0 when the node these settings describe is ready (a broker: registered, unfenced
+    /// and caught up; a controller: in a quorum with a leader, caught up), 1 with the reason
+    /// otherwise. Reads the same settings as `server`: a container health check.
+    Health {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", short = 'o', value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// How long to wait for the node's answers, in milliseconds.
+        #[arg(long, default_value_t = 4000)]
+        timeout_ms: u64,
     },
     /// Create, list, describe, alter and delete topics on any Kafka-compatible cluster.
     Topics {
@@ -117,6 +130,15 @@ fn main() -> Result<()> {
                 // Refuses zookeeper.connect beside KRaft-only settings before anything starts.
                 settings.mode()?;
                 server::run(settings).await
+            }
+            Command::Health {
+                config,
+                overrides,
+                timeout_ms,
+            } => {
+                let settings =
+                    settings::Settings::load(config.as_deref(), std::env::vars(), &overrides)?;
+                health::run(settings, std::time::Duration::from_millis(timeout_ms)).await
             }
             Command::Topics {
                 bootstrap_server,

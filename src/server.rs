@@ -27,16 +27,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::settings::{parse_listeners, parse_voters, Listener, Mode, Settings, Voter};
+use crate::settings::{parse_listeners, parse_voters, Listener, Listeners, Mode, Settings, Voter};
 
 /// The roles a node runs (`process.roles`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Roles {
-    broker: bool,
-    controller: bool,
+pub(crate) struct Roles {
+    pub broker: bool,
+    pub controller: bool,
 }
 
-fn parse_roles(text: &str) -> Result<Roles> {
+pub(crate) fn parse_roles(text: &str) -> Result<Roles> {
     let mut roles = Roles {
         broker: false,
         controller: false,
@@ -95,20 +95,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     install_metrics(settings.get("metrics.listen"))?;
 
-    let controller_names: Vec<String> = settings
-        .get("controller.listener.names")
-        .split(',')
-        .map(|n| n.trim().to_string())
-        .collect();
-    let listeners = parse_listeners(settings.get("listeners"))?;
-    let controller_listener = listeners
-        .iter()
-        .find(|l| controller_names.contains(&l.name))
-        .cloned();
-    let broker_listener = listeners
-        .iter()
-        .find(|l| !controller_names.contains(&l.name))
-        .cloned();
+    let Listeners {
+        broker: broker_listeners,
+        controller: controller_listener,
+    } = settings.listeners()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -183,6 +173,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             service.max_request_bytes = settings.parse("socket.request.max.bytes")?;
             tasks.push(tokio::spawn(server::run(
                 socket,
+                listener.name.clone(),
                 Arc::new(service),
                 stop_rx.clone(),
             )));
@@ -206,16 +197,15 @@ pub async fn run(settings: Settings) -> Result<()> {
 
     let mut lifecycle = None;
     if let Some(replicas) = &replicas {
-        let listener = broker_listener
-            .clone()
-            .context("a broker needs a listener that is not a controller listener")?;
+        if broker_listeners.is_empty() {
+            bail!("a broker needs a listener that is not a controller listener");
+        }
         let BoundBroker {
-            socket,
+            sockets,
             bound,
-            advertised,
-            advertised_port,
+            endpoints,
             config: broker_config,
-        } = bind_broker(&settings, node_id, &cluster_id, &log_dir, &listener).await?;
+        } = bind_broker(&settings, node_id, &cluster_id, &log_dir, &broker_listeners).await?;
 
         let (controller_api, image, replayed): (Arc<dyn ControllerApi>, _, _) =
             match (&controller, standalone) {
@@ -261,11 +251,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         let registration = BrokerRegistrationRequest {
             broker_id: node_id,
             incarnation_id: Uuid::new_v4(),
-            endpoints: vec![Endpoint {
-                listener: advertised.name.clone(),
-                host: broker_config.advertised_host.clone(),
-                port: advertised_port,
-            }],
+            endpoints: endpoints.clone(),
             rack: None,
         };
         let broker_lifecycle = BrokerLifecycle::new(
@@ -282,14 +268,20 @@ pub async fn run(settings: Settings) -> Result<()> {
             .context("joining the cluster")?;
         broker_lifecycle.spawn_heartbeats(stop_rx.clone());
         sluice_broker::fetcher::start_replication(&broker, stop_rx.clone());
-        tasks.push(tokio::spawn(server::run(socket, broker, stop_rx.clone())));
+        for (name, socket) in sockets {
+            tasks.push(tokio::spawn(server::run(
+                socket,
+                name,
+                broker.clone(),
+                stop_rx.clone(),
+            )));
+        }
         spawn_housekeeping(replicas.clone(), &broker_config, stop_rx.clone());
         lifecycle = Some(broker_lifecycle);
         // Tests and scripts wait for this line.
         println!(
-            "Sluice is serving Kafka on {}:{} (node {node_id}, data in {})",
-            broker_config.advertised_host,
-            advertised_port,
+            "Sluice is serving Kafka on {} (node {node_id}, data in {})",
+            serving_on(&endpoints),
             log_dir.display()
         );
     } else if let Some(listener) = &controller_listener {
@@ -322,55 +314,84 @@ pub async fn run(settings: Settings) -> Result<()> {
     Ok(())
 }
 
-/// A broker's Kafka listener, bound, with the config and advertised
-/// address that go with it.
+/// A broker's Kafka listeners, bound, with the config and the endpoints
+/// they advertise (the inter-broker listener's first).
 pub(crate) struct BoundBroker {
-    pub socket: TcpListener,
+    /// Each listener's name and socket.
+    pub sockets: Vec<(String, TcpListener)>,
+    /// Where the inter-broker listener is bound.
     pub bound: SocketAddr,
-    pub advertised: Listener,
-    pub advertised_port: u16,
+    pub endpoints: Vec<Endpoint>,
     pub config: BrokerConfig,
 }
 
-/// Binds the broker's listener and works out what it advertises.
+/// Binds each of the broker's `listeners` (the inter-broker one first) and
+/// works out what each advertises: its entry in `advertised.listeners`
+/// (matched by name), else its own address; port 0 advertises the port
+/// bound, and host 0.0.0.0 advertises 127.0.0.1.
 pub(crate) async fn bind_broker(
     settings: &Settings,
     node_id: i32,
     cluster_id: &str,
     log_dir: &Path,
-    listener: &Listener,
+    listeners: &[Listener],
 ) -> Result<BoundBroker> {
-    let advertised = match settings.get("advertised.listeners") {
-        "" => listener.clone(),
-        text => parse_listeners(text)?
-            .into_iter()
+    let advertised_listeners = parse_listeners(settings.get("advertised.listeners"))?;
+    let mut sockets = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut bound_addresses = Vec::new();
+    for listener in listeners {
+        let advertised = advertised_listeners
+            .iter()
             .find(|l| l.name == listener.name)
-            .unwrap_or(listener.clone()),
+            .unwrap_or(listener);
+        let bind = bind_address(listener)?;
+        let socket = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding the Kafka listener {} on {bind}", listener.name))?;
+        let bound = socket.local_addr()?;
+        endpoints.push(Endpoint {
+            listener: listener.name.clone(),
+            host: if advertised.host == "0.0.0.0" {
+                "127.0.0.1".into()
+            } else {
+                advertised.host.clone()
+            },
+            port: if advertised.port == 0 {
+                bound.port()
+            } else {
+                advertised.port
+            },
+        });
+        sockets.push((listener.name.clone(), socket));
+        bound_addresses.push(bound);
+    }
+    let (Some(first), Some(&bound)) = (endpoints.first(), bound_addresses.first()) else {
+        bail!("a broker needs a listener that is not a controller listener");
     };
-    let bind = bind_address(listener)?;
-    let mut config = broker_config(settings, node_id, cluster_id, log_dir, bind)?;
-    config.advertised_host = if advertised.host == "0.0.0.0" {
-        "127.0.0.1".into()
-    } else {
-        advertised.host.clone()
-    };
-    let socket = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("binding the Kafka listener on {bind}"))?;
-    let bound = socket.local_addr()?;
-    let advertised_port = if advertised.port == 0 {
-        bound.port()
-    } else {
-        advertised.port
-    };
-    config.advertised_port = advertised_port;
+    let mut config = broker_config(settings, node_id, cluster_id, log_dir, bound)?;
+    config.advertised_host = first.host.clone();
+    config.advertised_port = first.port;
     Ok(BoundBroker {
-        socket,
+        sockets,
         bound,
-        advertised,
-        advertised_port,
+        endpoints,
         config,
     })
+}
+
+/// The advertised endpoints for the start-up line: the first as
+/// "host:port" (tests and scripts read it), the others by name after it.
+pub(crate) fn serving_on(endpoints: &[Endpoint]) -> String {
+    let mut text = String::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        if i == 0 {
+            text = format!("{}:{}", e.host, e.port);
+        } else {
+            text.push_str(&format!(" and {} on {}:{}", e.listener, e.host, e.port));
+        }
+    }
+    text
 }
 
 fn bind_address(listener: &Listener) -> Result<SocketAddr> {

@@ -5,7 +5,7 @@
 //! In the TOML file a dotted key may be written flat (`"log.dirs" = "..."`)
 //! or as TOML tables (`log.dirs = "..."`); both mean the same setting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,6 +19,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("process.roles", "broker,controller"),
     ("listeners", "PLAINTEXT://127.0.0.1:9092"),
     ("advertised.listeners", ""),
+    // Empty: every listener is PLAINTEXT, the only protocol Sluice speaks.
+    ("listener.security.protocol.map", ""),
+    // Empty: the broker listener named PLAINTEXT, else the first one.
+    ("inter.broker.listener.name", ""),
     ("log.dirs", "./sluice-data"),
     ("metadata.log.dir", ""),
     ("num.partitions", "1"),
@@ -358,6 +362,84 @@ pub struct Listener {
     pub port: u16,
 }
 
+/// A node's listeners by role: the Kafka listeners a broker serves (the
+/// inter-broker one first, so that whatever reaches another broker by its
+/// first endpoint uses it) and the controller listener, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listeners {
+    pub broker: Vec<Listener>,
+    pub controller: Option<Listener>,
+}
+
+impl Settings {
+    /// `listeners`, split by `controller.listener.names`, checked against
+    /// `listener.security.protocol.map` and ordered by
+    /// `inter.broker.listener.name`.
+    pub fn listeners(&self) -> Result<Listeners> {
+        let all = parse_listeners(self.get("listeners"))?;
+        let mut names = BTreeSet::new();
+        for l in &all {
+            if !names.insert(l.name.as_str()) {
+                bail!("listeners: {} is named twice", l.name);
+            }
+        }
+        let protocols = parse_protocol_map(self.get("listener.security.protocol.map"))?;
+        if !protocols.is_empty() {
+            for l in &all {
+                match protocols.get(&l.name) {
+                    Some(p) if p == "PLAINTEXT" => {}
+                    Some(p) => bail!("listener {}: security protocol {p} is not supported (Sluice speaks PLAINTEXT only)", l.name),
+                    None => bail!("listener {} has no entry in listener.security.protocol.map", l.name),
+                }
+            }
+        }
+        let controller_names: Vec<&str> = self
+            .get("controller.listener.names")
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let (controller, mut broker): (Vec<Listener>, Vec<Listener>) = all
+            .into_iter()
+            .partition(|l| controller_names.contains(&l.name.as_str()));
+        let inter_broker = match self.get("inter.broker.listener.name") {
+            "" => broker
+                .iter()
+                .position(|l| l.name == "PLAINTEXT")
+                .unwrap_or(0),
+            name => broker
+                .iter()
+                .position(|l| l.name == name)
+                .with_context(|| {
+                    format!(
+                        "inter.broker.listener.name {name} is not one of the broker's listeners"
+                    )
+                })?,
+        };
+        if !broker.is_empty() {
+            let first = broker.remove(inter_broker);
+            broker.insert(0, first);
+        }
+        Ok(Listeners {
+            broker,
+            controller: controller.into_iter().next(),
+        })
+    }
+}
+
+/// `NAME:PROTOCOL,...` as a map.
+fn parse_protocol_map(text: &str) -> Result<BTreeMap<String, String>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (name, protocol) = entry.split_once(':').with_context(|| {
+                format!("listener.security.protocol.map: {entry:?} is not NAME:PROTOCOL")
+            })?;
+            Ok((name.trim().to_string(), protocol.trim().to_uppercase()))
+        })
+        .collect()
+}
+
 /// Every listener of a comma-separated `listeners` value.
 pub fn parse_listeners(text: &str) -> Result<Vec<Listener>> {
     text.split(',')
@@ -585,6 +667,45 @@ mod tests {
         let all =
             parse_listeners("PLAINTEXT://127.0.0.1:9092, CONTROLLER://127.0.0.1:9093").unwrap();
         assert_eq!(all[1].name, "CONTROLLER");
+    }
+
+    #[test]
+    fn listeners_by_role_with_the_inter_broker_one_first() {
+        let names = |l: &Listeners| l.broker.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+        let s = load(&[]).unwrap();
+        let l = s.listeners().unwrap();
+        assert_eq!(
+            (names(&l), l.controller),
+            (vec!["PLAINTEXT".to_string()], None)
+        );
+
+        let two =
+            "listeners=EXTERNAL://0.0.0.0:9092,INTERNAL://0.0.0.0:19092,CONTROLLER://0.0.0.0:9093";
+        let s = load(&[two, "inter.broker.listener.name=INTERNAL"]).unwrap();
+        let l = s.listeners().unwrap();
+        assert_eq!(names(&l), ["INTERNAL", "EXTERNAL"]);
+        assert_eq!(l.controller.unwrap().port, 9093);
+        // Without a name: PLAINTEXT if there is one, else the first.
+        let s = load(&[two]).unwrap();
+        assert_eq!(names(&s.listeners().unwrap()), ["EXTERNAL", "INTERNAL"]);
+        let s = load(&["listeners=A://:1,PLAINTEXT://:2"]).unwrap();
+        assert_eq!(names(&s.listeners().unwrap()), ["PLAINTEXT", "A"]);
+
+        for (bad, why) in [
+            (vec![two, "inter.broker.listener.name=OTHER"], "OTHER"),
+            (vec!["listeners=A://:1,A://:2"], "named twice"),
+            (
+                vec![two, "listener.security.protocol.map=EXTERNAL:PLAINTEXT,INTERNAL:SSL,CONTROLLER:PLAINTEXT"],
+                "SSL is not supported",
+            ),
+            (
+                vec![two, "listener.security.protocol.map=EXTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"],
+                "INTERNAL has no entry",
+            ),
+        ] {
+            let error = load(&bad).unwrap().listeners().unwrap_err().to_string();
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
     }
 
     #[test]

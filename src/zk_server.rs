@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use sluice_broker::lifecycle::{BrokerSession, ImageWatch};
 use sluice_broker::{server, Broker, GroupCoordinator, ReplicaManager};
 use sluice_metadata::controller_api::ControllerApi;
-use sluice_metadata::{Endpoint, Publisher};
+use sluice_metadata::Publisher;
 use sluice_zk::admin::ZkControllerApi;
 use sluice_zk::controller::{ZkController, ZkControllerConfig};
 use sluice_zk::{start_config_watch, ZkBrokerSession, ZkMetadata};
@@ -23,9 +23,10 @@ use tracing::{info, warn};
 
 use crate::server::{
     bind_broker, group_config, install_metrics, load_or_create_identity, log_config, log_dir,
-    raise_open_file_limit, spawn_housekeeping, topic_defaults, wait_for_signal, BoundBroker,
+    raise_open_file_limit, serving_on, spawn_housekeeping, topic_defaults, wait_for_signal,
+    BoundBroker,
 };
-use crate::settings::{parse_listeners, Settings};
+use crate::settings::Settings;
 
 pub async fn run(settings: Settings) -> Result<()> {
     raise_open_file_limit();
@@ -33,10 +34,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let log_dir = log_dir(&settings);
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     install_metrics(settings.get("metrics.listen"))?;
-    let listener = parse_listeners(settings.get("listeners"))?
-        .into_iter()
-        .next()
-        .context("a broker needs a listener (listeners)")?;
+    let listeners = settings.listeners()?.broker;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -81,17 +79,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     load_or_create_identity(&log_dir, node_id, Some(cluster_id.clone()))?;
 
     let BoundBroker {
-        socket,
+        sockets,
         bound,
-        advertised,
-        advertised_port,
+        endpoints,
         config: broker_config,
-    } = bind_broker(&settings, node_id, &cluster_id, &log_dir, &listener).await?;
-    session.set_endpoints(vec![Endpoint {
-        listener: advertised.name.clone(),
-        host: broker_config.advertised_host.clone(),
-        port: advertised_port,
-    }]);
+    } = bind_broker(&settings, node_id, &cluster_id, &log_dir, &listeners).await?;
+    session.set_endpoints(endpoints.clone());
 
     let mut controller_config = ZkControllerConfig::new(stop_rx.clone());
     controller_config.controller_socket_timeout = controller_timeout;
@@ -137,11 +130,14 @@ pub async fn run(settings: Settings) -> Result<()> {
     ));
     broker.set_control_plane(metadata.clone());
     broker.hold_clients();
-    tasks.push(tokio::spawn(server::run(
-        socket,
-        broker.clone(),
-        stop_rx.clone(),
-    )));
+    for (name, socket) in sockets {
+        tasks.push(tokio::spawn(server::run(
+            socket,
+            name,
+            broker.clone(),
+            stop_rx.clone(),
+        )));
+    }
 
     session
         .join(Duration::from_secs(600))
@@ -156,9 +152,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     spawn_housekeeping(replicas.clone(), &broker_config, stop_rx.clone());
     // Tests and scripts wait for this line.
     println!(
-        "Sluice is serving Kafka on {}:{} (node {node_id}, ZooKeeper mode, data in {})",
-        broker_config.advertised_host,
-        advertised_port,
+        "Sluice is serving Kafka on {} (node {node_id}, ZooKeeper mode, data in {})",
+        serving_on(&endpoints),
         log_dir.display()
     );
 

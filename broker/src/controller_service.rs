@@ -592,6 +592,7 @@ impl Service for ControllerService {
         api_key: ApiKey,
         body: Bytes,
         _peer: SocketAddr,
+        _listener: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<Reply>> {
         Box::pin(async move {
             let response = self

@@ -120,7 +120,12 @@ async fn serve(node_id: i32, log: Arc<TestLog>) -> String {
     );
     let (stop, stop_rx) = watch::channel(false);
     std::mem::forget(stop); // serve until the test ends
-    tokio::spawn(server::run(listener, Arc::new(service), stop_rx));
+    tokio::spawn(server::run(
+        listener,
+        "CONTROLLER".into(),
+        Arc::new(service),
+        stop_rx,
+    ));
     address
 }
 

@@ -382,7 +382,12 @@ pub(crate) async fn two_brokers_with(
         ));
         let (server_stop, server_stop_rx) = watch::channel(false);
         std::mem::forget(server_stop); // serve until the test ends
-        tokio::spawn(server::run(listener, broker.clone(), server_stop_rx));
+        tokio::spawn(server::run(
+            listener,
+            "PLAINTEXT".into(),
+            broker.clone(),
+            server_stop_rx,
+        ));
         // An empty log: caught up from the start, every entry is published.
         let mut loader = MetadataLoader::new(vec![replicas.clone() as Arc<dyn Publisher>]);
         loader.set_committed_offset(0);

@@ -37,6 +37,7 @@ pub trait Service: Send + Sync + 'static {
         api_key: ApiKey,
         body: Bytes,
         peer: SocketAddr,
+        listener: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<Reply>>;
     /// Takes over a connection that opened with [`STREAM_MAGIC`]; `None`
     /// when this service has no such streams (the connection is closed).
@@ -77,8 +78,11 @@ impl Service for Broker {
         api_key: ApiKey,
         body: Bytes,
         peer: SocketAddr,
+        listener: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<Reply>> {
-        Box::pin(handlers::dispatch(self, header, api_key, body, peer))
+        Box::pin(handlers::dispatch(
+            self, header, api_key, body, peer, listener,
+        ))
     }
 }
 
@@ -95,13 +99,17 @@ enum ConnectionError {
     BadRequest(String),
 }
 
-/// Serves Kafka clients on `listener` until `shutdown` turns true.
+/// Serves Kafka clients on `listener`, the listener named `name` (clients
+/// are told the endpoints of the listener they came in on), until
+/// `shutdown` turns true.
 pub async fn run<S: Service>(
     listener: TcpListener,
+    name: String,
     broker: Arc<S>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(broker.max_connections()));
+    let name: Arc<str> = name.into();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -123,9 +131,10 @@ pub async fn run<S: Service>(
         let _ = socket.set_nodelay(true);
         let broker = broker.clone();
         let shutdown = shutdown.clone();
+        let name = name.clone();
         tokio::spawn(async move {
             metrics::gauge!("sluice_connections").increment(1.0);
-            match serve_connection(socket, peer, broker, shutdown).await {
+            match serve_connection(socket, peer, &name, broker, shutdown).await {
                 Ok(()) => debug!(%peer, "connection closed"),
                 Err(e) => info!(%peer, error = %e, "closing connection"),
             }
@@ -138,6 +147,7 @@ pub async fn run<S: Service>(
 async fn serve_connection<S: Service>(
     socket: TcpStream,
     peer: SocketAddr,
+    listener: &str,
     broker: Arc<S>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
@@ -187,7 +197,7 @@ async fn serve_connection<S: Service>(
         metrics::counter!("sluice_bytes_in_total").increment(size as u64 + 4);
 
         if let Some((response, _response_lease)) =
-            handle_frame(broker.as_ref(), frame.freeze(), peer).await?
+            handle_frame(broker.as_ref(), frame.freeze(), peer, listener).await?
         {
             metrics::counter!("sluice_bytes_out_total").increment(response.len() as u64);
             writer.write_all(&response).await?;
@@ -216,6 +226,7 @@ async fn handle_frame<S: Service>(
     broker: &S,
     mut frame: Bytes,
     peer: SocketAddr,
+    listener: &str,
 ) -> Result<Option<(BytesMut, Option<MemoryLease>)>, ConnectionError> {
     if frame.len() < 8 {
         return Err(ConnectionError::BadRequest(format!(
@@ -250,7 +261,7 @@ async fn handle_frame<S: Service>(
         }
         let started = Instant::now();
         let reply = broker
-            .dispatch(&header, api_key, frame, peer)
+            .dispatch(&header, api_key, frame, peer, listener)
             .await
             .map_err(|e| {
                 ConnectionError::BadRequest(format!("{api_key:?} v{api_version} request: {e:#}"))

@@ -41,6 +41,13 @@ pub struct BrokerRegistration {
     pub fenced: bool,
 }
 
+impl BrokerRegistration {
+    /// Where clients of the listener named `listener` reach this broker.
+    pub fn endpoint(&self, listener: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.listener == listener)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicImage {
     pub name: String,

@@ -279,6 +279,13 @@ fn new_node(
         format!("log.dirs={}", data.display()),
         "metrics.listen=".to_string(),
     ];
+    // "{port}" in a setting is this node's port, so one setting can give
+    // every node listeners of its own.
+    let settings = own
+        .into_iter()
+        .chain(settings)
+        .map(|s| s.replace("{port}", &port.to_string()))
+        .collect();
     Node {
         id,
         role,
@@ -286,7 +293,7 @@ fn new_node(
         port,
         namespace,
         data,
-        settings: own.into_iter().chain(settings).collect(),
+        settings,
         child: None,
         served_before: 0,
     }

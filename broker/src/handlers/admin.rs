@@ -245,10 +245,13 @@ pub async fn create_partitions_with(
     CreatePartitionsResponse::default().with_results(responses)
 }
 
+/// The cluster's brokers as seen on `listener`, the listener the client
+/// came in on (a broker without it is left out, as Kafka does).
 pub fn describe_cluster(
     broker: &Broker,
     request: DescribeClusterRequest,
     _version: i16,
+    listener: &str,
 ) -> DescribeClusterResponse {
     let image = broker.replicas.image();
     let brokers = image
@@ -256,7 +259,7 @@ pub fn describe_cluster(
         .values()
         .filter(|b| request.include_fenced_brokers || !b.fenced)
         .filter_map(|b| {
-            let endpoint = b.endpoints.first()?;
+            let endpoint = b.endpoint(listener)?;
             Some(
                 DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.broker_id))

@@ -40,11 +40,13 @@ fn client_host(peer: SocketAddr) -> String {
     format!("/{}", peer.ip())
 }
 
-/// The coordinator of one key: (node, host, port) or the error.
+/// The coordinator of one key: (node, host, port) on `listener`, the
+/// listener the client came in on, or the error.
 fn locate(
     broker: &Broker,
     key: &str,
     key_type: i8,
+    listener: &str,
 ) -> Result<(i32, String, u16), (ResponseError, String)> {
     if key_type != GROUP_KEY {
         return Err((
@@ -69,7 +71,7 @@ fn locate(
     let endpoint = image
         .brokers
         .get(&id)
-        .and_then(|b| b.endpoints.first())
+        .and_then(|b| b.endpoint(listener))
         .ok_or_else(unavailable)?;
     Ok((id, endpoint.host.clone(), endpoint.port))
 }
@@ -78,29 +80,32 @@ pub fn find_coordinator(
     broker: &Broker,
     request: FindCoordinatorRequest,
     version: i16,
+    listener: &str,
 ) -> FindCoordinatorResponse {
     if version >= 4 {
         let coordinators = request
             .coordinator_keys
             .iter()
-            .map(|key| match locate(broker, key, request.key_type) {
-                Ok((id, host, port)) => find_coordinator_response::Coordinator::default()
-                    .with_key(key.clone())
-                    .with_node_id(BrokerId(id))
-                    .with_host(text(&host))
-                    .with_port(port as i32),
-                Err((error, why)) => find_coordinator_response::Coordinator::default()
-                    .with_key(key.clone())
-                    .with_node_id(BrokerId(-1))
-                    .with_port(-1)
-                    .with_error_code(error.code())
-                    .with_error_message(message(why)),
-            })
+            .map(
+                |key| match locate(broker, key, request.key_type, listener) {
+                    Ok((id, host, port)) => find_coordinator_response::Coordinator::default()
+                        .with_key(key.clone())
+                        .with_node_id(BrokerId(id))
+                        .with_host(text(&host))
+                        .with_port(port as i32),
+                    Err((error, why)) => find_coordinator_response::Coordinator::default()
+                        .with_key(key.clone())
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(error.code())
+                        .with_error_message(message(why)),
+                },
+            )
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
     let response = FindCoordinatorResponse::default();
-    match locate(broker, &request.key, request.key_type) {
+    match locate(broker, &request.key, request.key_type, listener) {
         Ok((id, host, port)) => response
             .with_node_id(BrokerId(id))
             .with_host(text(&host))

@@ -13,7 +13,15 @@ use sluice_metadata::{MetadataImage, TopicImage, Uuid};
 
 use super::Broker;
 
-pub async fn metadata(broker: &Broker, request: MetadataRequest, version: i16) -> MetadataResponse {
+/// The Metadata answer, with each broker's endpoint on `listener`, the
+/// listener the client came in on (a broker without it is left out, as
+/// Kafka does).
+pub async fn metadata(
+    broker: &Broker,
+    request: MetadataRequest,
+    version: i16,
+    listener: &str,
+) -> MetadataResponse {
     // v0 used an empty list for "all topics"; later versions use null.
     let requested: Option<Vec<(Option<String>, Uuid)>> = match request.topics {
         None => None,
@@ -96,7 +104,7 @@ pub async fn metadata(broker: &Broker, request: MetadataRequest, version: i16) -
         .values()
         .filter(|b| !b.fenced)
         .filter_map(|b| {
-            let endpoint = b.endpoints.first()?;
+            let endpoint = b.endpoint(listener)?;
             Some(
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.broker_id))

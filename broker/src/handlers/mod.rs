@@ -245,6 +245,7 @@ pub async fn dispatch(
     api_key: ApiKey,
     mut body: Bytes,
     peer: SocketAddr,
+    listener: &str,
 ) -> anyhow::Result<Reply> {
     if !matches!(api_key, ApiKey::ApiVersions | ApiKey::Envelope) {
         broker.clients_admitted().await;
@@ -256,7 +257,7 @@ pub async fn dispatch(
             ApiVersionsResponse::default().with_api_keys(api_version_list()),
         ),
         RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(metadata::metadata(broker, r, version).await)
+            ResponseKind::Metadata(metadata::metadata(broker, r, version, listener).await)
         }
         RequestKind::Produce(r) => match produce::produce(broker, r, version).await {
             produce::ProduceOutcome::Respond(response) => ResponseKind::Produce(response),
@@ -288,7 +289,7 @@ pub async fn dispatch(
             ResponseKind::CreatePartitions(admin::create_partitions(broker, r).await)
         }
         RequestKind::DescribeCluster(r) => {
-            ResponseKind::DescribeCluster(admin::describe_cluster(broker, r, version))
+            ResponseKind::DescribeCluster(admin::describe_cluster(broker, r, version, listener))
         }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(produce::init_producer_id(broker, r).await)
@@ -303,7 +304,7 @@ pub async fn dispatch(
             ResponseKind::AlterConfigs(configs::alter_configs(broker, r).await)
         }
         RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(broker, r, version))
+            ResponseKind::FindCoordinator(groups::find_coordinator(broker, r, version, listener))
         }
         RequestKind::JoinGroup(r) => {
             let client_id = header.client_id.as_deref().unwrap_or_default();
