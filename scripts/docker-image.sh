@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the `sluice` Docker image (tag: ${SLUICE_IMAGE:-sluice:latest}) from
-# the binary built on this host.
+# the binary built on this host, and the ZooKeeper image that
+# docker-compose.yml's `zk` profile runs (${SLUICE_ZOOKEEPER_IMAGE:-
+# sluice-zookeeper:latest}, Debian's zookeeper package).
 #
 # The base is debian:bookworm-slim when it is present or can be pulled. A
 # machine with no registry gets a base made here instead: Debian's
@@ -10,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 image="${SLUICE_IMAGE:-sluice:latest}"
+zookeeper_image="${SLUICE_ZOOKEEPER_IMAGE:-sluice-zookeeper:latest}"
 local_base="sluice-base:bookworm"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
@@ -52,4 +55,6 @@ cp Dockerfile "$context/Dockerfile"
 strip -o "$context/sluice" "$binary"
 # The classic builder: this engine may have no BuildKit (buildx) plugin.
 DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE=$base" -t "$image" "$context" >/dev/null
-echo "built $image on $base"
+# Docker's layer cache makes this quick after the first time.
+DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE=$base" -t "$zookeeper_image" docker/zookeeper >/dev/null
+echo "built $image and $zookeeper_image on $base"

@@ -7,8 +7,9 @@ tests below run in file order against it: round trips from the host
 (EXTERNAL listeners, 127.0.0.1:9092-9094) and from a container on the
 compose network (INTERNAL listeners, broker-N:19092), a leader killed
 under an idempotent acks=all producer, a broker cut off the network and
-reconnected, and finally `stop` (brokers before controllers) and
-`down -v`, which must leave nothing behind.
+reconnected, the `zk` profile's ZooKeeper-mode brokers beside them, and
+finally `stop` (brokers before controllers and ZooKeeper) and `down -v`,
+which must leave nothing behind.
 
 Docker missing fails the run under CI; elsewhere the module is skipped
 with the reason.
@@ -29,9 +30,11 @@ BIN = os.path.abspath(os.environ.get("SLUICE_BIN", os.path.join(ROOT, "target/re
 PROJECT = "sluice-docker-test"
 NETWORK = f"{PROJECT}_default"
 IMAGE = "sluice:docker-test"
+ZOOKEEPER_IMAGE = "sluice-zookeeper:docker-test"
 TOOLS_IMAGE = "sluice-tools:kcat"
 HOST_BOOTSTRAP = "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
 SERVICES = ["controller-1", "controller-2", "controller-3", "broker-1", "broker-2", "broker-3"]
+ZK_SERVICES = ["zookeeper-1", "zookeeper-2", "zookeeper-3", "zk-broker-1", "zk-broker-2", "zk-broker-3"]
 BROKER_SERVICES = {1: "broker-1", 2: "broker-2", 3: "broker-3"}
 
 
@@ -52,8 +55,11 @@ def run(args, timeout=300, check=True, **kw):
 
 
 def compose(*args, timeout=300, check=True):
-    env = dict(os.environ, SLUICE_IMAGE=IMAGE)
-    return run(["docker-compose", "-p", PROJECT, "-f", os.path.join(ROOT, "docker-compose.yml"), *args],
+    """docker-compose on the test's project, every profile included (a
+    profile's services start only when named)."""
+    env = dict(os.environ, SLUICE_IMAGE=IMAGE, SLUICE_ZOOKEEPER_IMAGE=ZOOKEEPER_IMAGE)
+    return run(["docker-compose", "-p", PROJECT, "-f", os.path.join(ROOT, "docker-compose.yml"),
+                "--profile", "zk", *args],
                timeout=timeout, check=check, env=env, cwd=ROOT)
 
 
@@ -103,7 +109,7 @@ def cluster():
         if os.environ.get("CI"):
             pytest.fail(f"Docker is needed in CI: {why}")
         pytest.skip(f"Docker tests need a Docker engine: {why}")
-    env = dict(os.environ, SLUICE_IMAGE=IMAGE, SLUICE_BIN=BIN)
+    env = dict(os.environ, SLUICE_IMAGE=IMAGE, SLUICE_ZOOKEEPER_IMAGE=ZOOKEEPER_IMAGE, SLUICE_BIN=BIN)
     run([os.path.join(ROOT, "scripts/docker-image.sh")], timeout=1200, env=env)
     # kcat inside the compose network, from Debian's package on the same base.
     if run(["docker", "image", "inspect", TOOLS_IMAGE], check=False).returncode != 0:
@@ -113,7 +119,7 @@ def cluster():
         run(["docker", "build", "-q", "-t", TOOLS_IMAGE, "-"], input=dockerfile, timeout=900,
             env=dict(os.environ, DOCKER_BUILDKIT="0"))
     compose("down", "-v", check=False)
-    compose("up", "-d")
+    compose("up", "-d", *SERVICES)
     try:
         wait_healthy(SERVICES)
         yield
@@ -244,6 +250,22 @@ def test_disconnected_broker_leaves_the_isr_and_rejoins(cluster):
     else:
         raise AssertionError(f"broker {victim} did not rejoin the ISR: {state}")
     wait_healthy([BROKER_SERVICES[victim]])
+
+
+def test_zk_profile_runs_the_brokers_in_zookeeper_mode(cluster):
+    compose("up", "-d", *ZK_SERVICES)
+    wait_healthy(ZK_SERVICES)
+    out = run([BIN, "topics", "-b", "127.0.0.1:9192", "create", "zk-mode",
+               "--partitions", "3", "--replication-factor", "3"])
+    assert "Created topic" in out.stdout, out.stdout
+    meta = AdminClient({"bootstrap.servers": "127.0.0.1:9193"}).list_topics(timeout=10)
+    assert sorted(f"{b.host}:{b.port}" for b in meta.brokers.values()) == \
+        ["127.0.0.1:9192", "127.0.0.1:9193", "127.0.0.1:9194"]
+    run(["kcat", "-b", "127.0.0.1:9194", "-P", "-t", "zk-mode", "-p", "0"], input="zk-1\nzk-2\n")
+    script = ("kcat -b zk-broker-1:19092 -L | grep -c ' at zk-broker-.:19092' && "
+              "kcat -b zk-broker-2:19092 -C -t zk-mode -p 0 -e -q")
+    out = run(["docker", "run", "--rm", "--network", NETWORK, TOOLS_IMAGE, "sh", "-c", script], timeout=120)
+    assert out.stdout.split() == ["3", "zk-1", "zk-2"], out.stdout
 
 
 def test_stop_takes_brokers_first_and_down_leaves_nothing(cluster):
