@@ -30,5 +30,7 @@ HEALTHCHECK --interval=5s --timeout=5s --start-period=10s --retries=3 \
   CMD ["sluice", "health"]
 # SIGTERM starts a broker's controlled shutdown.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["sluice"]
+# The server logs to stderr; in a container its log goes to stdout. `exec`
+# leaves sluice as PID 1, so it gets the SIGTERM itself.
+ENTRYPOINT ["/bin/sh", "-c", "exec sluice \"$@\" 2>&1", "sluice"]
 CMD ["server"]

@@ -268,14 +268,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             .context("joining the cluster")?;
         broker_lifecycle.spawn_heartbeats(stop_rx.clone());
         sluice_broker::fetcher::start_replication(&broker, stop_rx.clone());
-        for (name, socket) in sockets {
-            tasks.push(tokio::spawn(server::run(
-                socket,
-                name,
-                broker.clone(),
-                stop_rx.clone(),
-            )));
-        }
+        tasks.extend(serve_listeners(sockets, &broker, &stop_rx));
         spawn_housekeeping(replicas.clone(), &broker_config, stop_rx.clone());
         lifecycle = Some(broker_lifecycle);
         // Tests and scripts wait for this line.
@@ -378,6 +371,18 @@ pub(crate) async fn bind_broker(
         endpoints,
         config,
     })
+}
+
+/// Serves each bound broker listener until `stop` turns true.
+pub(crate) fn serve_listeners(
+    sockets: Vec<(String, TcpListener)>,
+    broker: &Arc<Broker>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    sockets
+        .into_iter()
+        .map(|(name, socket)| tokio::spawn(server::run(socket, name, broker.clone(), stop.clone())))
+        .collect()
 }
 
 /// The advertised endpoints for the start-up line: the first as

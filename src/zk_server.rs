@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sluice_broker::lifecycle::{BrokerSession, ImageWatch};
-use sluice_broker::{server, Broker, GroupCoordinator, ReplicaManager};
+use sluice_broker::{Broker, GroupCoordinator, ReplicaManager};
 use sluice_metadata::controller_api::ControllerApi;
 use sluice_metadata::Publisher;
 use sluice_zk::admin::ZkControllerApi;
@@ -23,8 +23,8 @@ use tracing::{info, warn};
 
 use crate::server::{
     bind_broker, group_config, install_metrics, load_or_create_identity, log_config, log_dir,
-    raise_open_file_limit, serving_on, spawn_housekeeping, topic_defaults, wait_for_signal,
-    BoundBroker,
+    raise_open_file_limit, serve_listeners, serving_on, spawn_housekeeping, topic_defaults,
+    wait_for_signal, BoundBroker,
 };
 use crate::settings::Settings;
 
@@ -130,14 +130,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     ));
     broker.set_control_plane(metadata.clone());
     broker.hold_clients();
-    for (name, socket) in sockets {
-        tasks.push(tokio::spawn(server::run(
-            socket,
-            name,
-            broker.clone(),
-            stop_rx.clone(),
-        )));
-    }
+    tasks.extend(serve_listeners(sockets, &broker, &stop_rx));
 
     session
         .join(Duration::from_secs(600))

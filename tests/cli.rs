@@ -329,3 +329,44 @@ fn stop_on_ctrl_c(mode: &[&str], base: u16) {
         );
     }
 }
+
+/// `sluice health` with the settings a node of `cluster` runs with.
+fn health(voters: &str, id: i32, role: &str, listener: &str) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .arg("health")
+        .args(["--set", &format!("node.id={id}")])
+        .args(["--set", &format!("process.roles={role}")])
+        .args(["--set", &format!("controller.quorum.voters={voters}")])
+        .args(["--set", &format!("listeners={listener}")])
+        .output()
+        .expect("running sluice health")
+}
+
+#[test]
+fn health_says_whether_a_broker_and_a_controller_are_ready() {
+    let mut cluster = common::cluster::Cluster::start(3, 1, &[]);
+    let voters = (1001..=1003)
+        .map(|id| format!("{id}@{}", cluster.controller(id).address()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let controller = format!("CONTROLLER://{}", cluster.controller(1001).address());
+    let broker = format!("PLAINTEXT://{}", cluster.broker(1).address());
+
+    let out = ok(health(&voters, 1001, "controller", &controller));
+    assert!(out.contains("controller 1001 is ready"), "{out}");
+    // The broker is ready once its own metadata shows it unfenced, which
+    // follows its start-up line by a heartbeat or two.
+    common::acked::wait_until(
+        || health(&voters, 1, "broker", &broker).status.success(),
+        Duration::from_secs(30),
+    );
+    let out = ok(health(&voters, 1, "broker", &broker));
+    assert!(out.contains("broker 1 is ready"), "{out}");
+
+    // A broker that is gone, and one that is not in the cluster, are not.
+    let err = fails(health(&voters, 2, "broker", &broker));
+    assert!(err.contains("broker 2 is not ready"), "{err}");
+    cluster.broker(1).kill9();
+    let err = fails(health(&voters, 1, "broker", &broker));
+    assert!(err.contains("asking the broker"), "{err}");
+}

@@ -152,6 +152,12 @@ def consume(bootstrap, topic, partitions, count, limit=30):
     return got
 
 
+def test_logs_go_to_stdout(cluster):
+    logs = run(["docker", "logs", container("broker-1")])
+    assert "serving Kafka" in logs.stdout and " INFO " in logs.stdout, logs.stdout[-2000:]
+    assert logs.stderr.strip() == "", logs.stderr[-2000:]
+
+
 def test_host_round_trip_through_each_published_port(cluster):
     create_topic("from-host")
     for port in (9092, 9093, 9094):
