@@ -60,14 +60,15 @@ pub struct CompareArgs {
     /// session and election timeouts.
     #[arg(long, default_value_t = 6000)]
     equalised_detection_ms: u64,
+    /// The scenarios to run, comma-separated (all by default). Topic
+    /// creation always runs: it makes the partitions the others work on.
+    #[arg(long, value_delimiter = ',', value_enum, default_values_t = Step::ALL)]
+    scenarios: Vec<Step>,
 }
 
 /// Settings both modes run with. Leadership must go back to the preferred
 /// replicas between scenarios, so the check runs every 5 s, not every 300.
 const COMMON: &[&str] = &["leader.imbalance.check.interval.seconds=5"];
-
-/// Steps of one run in one mode, for the progress display.
-const STEPS_PER_RUN: usize = 1 + Step::ALL.len();
 
 pub async fn run(args: CompareArgs) -> Result<()> {
     if args.partitions.is_empty() || args.partitions.contains(&0) {
@@ -172,8 +173,12 @@ async fn experiment(
         common: COMMON.iter().map(|s| s.to_string()).collect(),
     };
     let modes = modes(args)?;
-    let mut progress =
-        Progress::new(args.partitions.len() * args.runs as usize * modes.len() * STEPS_PER_RUN);
+    // Starting the cluster is a step too, for the progress display.
+    let steps_per_run = 1 + steps(args).count();
+    let mut progress = Progress::new(
+        steps_per_run,
+        args.partitions.len() * args.runs as usize * modes.len(),
+    );
     for &partitions in &args.partitions {
         for run in 1..=args.runs {
             for &mode in &modes {
@@ -243,14 +248,16 @@ async fn one_run(
     };
     let probe = format!("failover-probe-{}", at.run);
     let probe_equalised = format!("failover-probe-equalised-{}", at.run);
-    for step in Step::ALL {
+    let mut equalised_cluster = false;
+    for step in steps(args) {
         let scenario = match step {
             Step::ControllerFailoverEqualised => equalised("controller failover"),
             Step::BrokerFailureEqualised => equalised("broker failure"),
             _ => step.name().to_string(),
         };
         progress.step(at, &scenario);
-        if step == Step::ControllerFailoverEqualised {
+        if step.equalised() && !equalised_cluster {
+            equalised_cluster = true;
             bed.cluster.stop_all();
             bed.cluster
                 .relaunch(&equalised_settings(at.mode, args.equalised_detection_ms))?;
@@ -300,8 +307,15 @@ async fn one_run(
     Ok(())
 }
 
+/// The steps `--scenarios` asks for, in the order they run.
+fn steps(args: &CompareArgs) -> impl Iterator<Item = Step> + '_ {
+    Step::ALL
+        .into_iter()
+        .filter(|step| *step == Step::Create || args.scenarios.contains(step))
+}
+
 /// The scenarios of one run, in the order they run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Step {
     Create,
     StartUp,
@@ -336,6 +350,15 @@ impl Step {
             Step::ControllerFailoverEqualised => "controller failover (equalised)",
             Step::BrokerFailureEqualised => "broker failure (equalised)",
         }
+    }
+
+    /// Whether the step runs on the cluster restarted with failure
+    /// detection equalised.
+    fn equalised(self) -> bool {
+        matches!(
+            self,
+            Step::ControllerFailoverEqualised | Step::BrokerFailureEqualised
+        )
     }
 
     /// Whether the coordination work is counted: the equalised runs do the
@@ -433,6 +456,7 @@ fn now_rfc3339() -> String {
 /// The live progress line: the step, where in the experiment it is, and an
 /// estimate of what is left from the steps done so far.
 struct Progress {
+    steps_per_run: usize,
     total: usize,
     done: usize,
     started: Instant,
@@ -442,7 +466,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(total: usize) -> Self {
+    fn new(steps_per_run: usize, runs: usize) -> Self {
         let status = Arc::new(Mutex::new((String::new(), Instant::now())));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // On a terminal the line is redrawn every second with the step's
@@ -461,7 +485,8 @@ impl Progress {
             })
         });
         Self {
-            total,
+            steps_per_run,
+            total: steps_per_run * runs,
             done: 0,
             started: Instant::now(),
             status,
@@ -499,9 +524,9 @@ impl Progress {
 
     /// A failed run's remaining steps count as done, for the estimate.
     fn skip_to_run_end(&mut self) {
-        let into_run = self.done % STEPS_PER_RUN;
+        let into_run = self.done % self.steps_per_run;
         if into_run != 0 {
-            self.done += STEPS_PER_RUN - into_run;
+            self.done += self.steps_per_run - into_run;
         }
     }
 
@@ -524,4 +549,41 @@ impl Drop for Progress {
 fn minutes(seconds: f64) -> String {
     let s = seconds.round() as u64;
     format!("{}m{:02}s", s / 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        compare: CompareArgs,
+    }
+
+    fn steps_of(argv: &[&str]) -> Vec<Step> {
+        let parsed =
+            Command::try_parse_from(std::iter::once("compare").chain(argv.iter().copied()))
+                .expect("arguments parse");
+        steps(&parsed.compare).collect()
+    }
+
+    #[test]
+    fn scenarios_run_in_their_order_after_topic_creation() {
+        assert_eq!(steps_of(&[]), Step::ALL.to_vec());
+        assert_eq!(
+            steps_of(&[
+                "--scenarios",
+                "broker-failure-equalised,controller-failover"
+            ]),
+            vec![
+                Step::Create,
+                Step::ControllerFailover,
+                Step::BrokerFailureEqualised
+            ]
+        );
+        assert_eq!(steps_of(&["--scenarios", "create"]), vec![Step::Create]);
+        assert!(Command::try_parse_from(["compare", "--scenarios", "failover"]).is_err());
+    }
 }

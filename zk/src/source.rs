@@ -18,7 +18,7 @@ use sluice_metadata::{
     ReplayError, NO_LEADER,
 };
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 struct State {
     loader: MetadataLoader,
@@ -140,11 +140,12 @@ impl ZkMetadata {
     }
 
     fn apply_locked(state: &mut State, records: &[MetadataRecord]) -> Result<u64, ReplayError> {
+        let records = without_older_partition_states(state.loader.image(), records);
         if records.is_empty() {
             return Ok(state.offset);
         }
         let offset = state.offset + 1;
-        state.loader.load_records(offset, records)?;
+        state.loader.load_records(offset, &records)?;
         state.offset = offset;
         Ok(offset)
     }
@@ -271,6 +272,33 @@ impl ZkMetadata {
     }
 }
 
+/// `records` less the partition states older than the image's. The
+/// partition epoch is the state znode's version, which only grows, while
+/// the pushes and this broker's own ISR writes that carry it can arrive in
+/// either order (an ISR write awaited across a controller's push, a push
+/// sent before the write it now trails).
+fn without_older_partition_states<'a>(
+    image: &MetadataImage,
+    records: &'a [MetadataRecord],
+) -> std::borrow::Cow<'a, [MetadataRecord]> {
+    let older = |record: &MetadataRecord| match record {
+        MetadataRecord::Partition(p) => image
+            .topic_by_id(&p.topic_id)
+            .and_then(|t| t.partitions.get(&p.partition))
+            .is_some_and(|current| current.partition_epoch > p.partition_epoch),
+        _ => false,
+    };
+    if !records.iter().any(older) {
+        return std::borrow::Cow::Borrowed(records);
+    }
+    let kept: Vec<MetadataRecord> = records.iter().filter(|r| !older(r)).cloned().collect();
+    debug!(
+        skipped = records.len() - kept.len(),
+        "partition states older than this broker's were not applied"
+    );
+    std::borrow::Cow::Owned(kept)
+}
+
 fn refusal(error: ResponseError, message: String) -> ControlResponse {
     warn!(%message, "controller push refused");
     ControlResponse {
@@ -317,7 +345,8 @@ impl ControlPlane for ZkMetadata {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_metadata::control_requests::PushHeader;
+    use sluice_metadata::control_requests::{PartitionState, PushHeader};
+    use sluice_metadata::Uuid;
 
     fn push(controller_epoch: i32, broker_epoch: i64) -> ControlRequest {
         ControlRequest::UpdateMetadata {
@@ -353,5 +382,74 @@ mod tests {
             ResponseError::StaleControllerEpoch.code()
         );
         assert_eq!(metadata.handle(push(1, -1)).await.error_code, 0);
+    }
+
+    fn partition_state(leader: i32, leader_epoch: i32, partition_epoch: i32) -> PartitionState {
+        PartitionState {
+            topic: "t".into(),
+            topic_id: Uuid::from_u128(7),
+            partition: 0,
+            controller_epoch: 1,
+            leader,
+            leader_epoch,
+            isr: vec![1, 2],
+            partition_epoch,
+            replicas: vec![1, 2],
+        }
+    }
+
+    fn leader_of_t0(metadata: &ZkMetadata) -> (i32, i32, i32) {
+        let image = metadata.image();
+        let p = &image.topic("t").unwrap().partitions[&0];
+        (p.leader, p.leader_epoch, p.partition_epoch)
+    }
+
+    /// A leader's ISR write can land in ZooKeeper before a controller's
+    /// leader change and be applied here after the controller's push of
+    /// it. The znode version orders them: the older state is not applied,
+    /// nor is a push delayed past a newer local write.
+    #[tokio::test]
+    async fn an_older_partition_state_never_replaces_a_newer_one() {
+        let metadata = ZkMetadata::new(2, Vec::new()).unwrap();
+        let pushed = |state: PartitionState| ControlRequest::UpdateMetadata {
+            header: PushHeader {
+                controller_id: 1,
+                controller_epoch: 1,
+                broker_epoch: -1,
+            },
+            full: true,
+            live_brokers: Vec::new(),
+            partitions: vec![state],
+        };
+        let answer = metadata.handle(pushed(partition_state(2, 1, 3))).await;
+        assert_eq!(answer.error_code, 0, "{answer:?}");
+        // The same version again applies: here, after the session was lost,
+        // the controller names this broker leader still.
+        metadata.stop_leading();
+        assert_eq!(leader_of_t0(&metadata), (NO_LEADER, 1, 3));
+        let answer = metadata.handle(pushed(partition_state(2, 1, 3))).await;
+        assert_eq!(answer.error_code, 0, "{answer:?}");
+        assert_eq!(leader_of_t0(&metadata), (2, 1, 3));
+        // The controller moved leadership to broker 1 (znode version 5)...
+        let answer = metadata.handle(pushed(partition_state(1, 2, 5))).await;
+        assert_eq!(answer.error_code, 0, "{answer:?}");
+        assert_eq!(leader_of_t0(&metadata), (1, 2, 5));
+        // ...after broker 2's own ISR write (version 4) landed there.
+        let stale = partition_state(2, 1, 4);
+        let record = MetadataRecord::Partition(PartitionRecord {
+            topic_id: stale.topic_id,
+            partition: 0,
+            replicas: stale.replicas,
+            isr: vec![2],
+            leader: stale.leader,
+            leader_epoch: stale.leader_epoch,
+            partition_epoch: stale.partition_epoch,
+        });
+        metadata.apply(&[record]).unwrap();
+        assert_eq!(leader_of_t0(&metadata), (1, 2, 5));
+        // A push that was on its way before the newest state is ignored too.
+        let answer = metadata.handle(pushed(partition_state(2, 1, 3))).await;
+        assert_eq!(answer.error_code, 0, "{answer:?}");
+        assert_eq!(leader_of_t0(&metadata), (1, 2, 5));
     }
 }

@@ -10,6 +10,9 @@
 
 pub mod state;
 
+#[cfg(test)]
+mod coordinator_tests;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -69,11 +72,30 @@ const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 struct GroupHandle {
     group: Mutex<Group>,
     write_turn: tokio::sync::Mutex<()>,
+    /// Membership writes that answer no request (the group emptied, a
+    /// rebalance completed on a timer) and are still on their way to the
+    /// log. Until they land, the log's membership lags the one in memory.
+    background_writes: watch::Sender<usize>,
 }
 
 impl GroupHandle {
+    fn new(group: Group) -> Self {
+        Self {
+            group: Mutex::new(group),
+            write_turn: tokio::sync::Mutex::new(()),
+            background_writes: watch::Sender::new(0),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Group> {
         self.group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits, for at most `limit`, until the log holds every membership
+    /// change made so far in memory.
+    async fn background_writes_landed(&self, limit: Duration) {
+        let mut pending = self.background_writes.subscribe();
+        let _ = tokio::time::timeout(limit, pending.wait_for(|n| *n == 0)).await;
     }
 }
 
@@ -228,10 +250,7 @@ impl GroupCoordinator {
                 }
                 None => Group::new(group_id, now, wall_clock_ms()),
             };
-            Arc::new(GroupHandle {
-                group: Mutex::new(group),
-                write_turn: tokio::sync::Mutex::new(()),
-            })
+            Arc::new(GroupHandle::new(group))
         });
         Ok(handle.clone())
     }
@@ -365,12 +384,16 @@ impl GroupCoordinator {
 
     /// Commits a record that needs no answer (the group emptied).
     fn persist_later(self: &Arc<Self>, handle: Arc<GroupHandle>, record: GroupRecord) {
+        // Counted before this returns, so a request answered after the
+        // change can wait for it to land.
+        handle.background_writes.send_modify(|n| *n += 1);
         let coordinator = self.clone();
         tokio::spawn(async move {
             let group_id = record.group_id.clone();
             if let Err(e) = coordinator.persist(&handle, record).await {
                 warn!(group = %group_id, error = %e, "could not commit the group's state");
             }
+            handle.background_writes.send_modify(|n| *n -= 1);
         });
     }
 
@@ -554,6 +577,13 @@ impl GroupCoordinator {
         offsets: Vec<OffsetToCommit>,
     ) -> Vec<Result<(), ResponseError>> {
         let all = |e: ResponseError| offsets.iter().map(|_| Err(e)).collect::<Vec<_>>();
+        // The controller checks the committer against the membership in the
+        // log: let that catch up with what members were told (a LeaveGroup
+        // already answered, say) before checking here.
+        match self.handle(group_id) {
+            Ok(handle) => handle.background_writes_landed(READ_YOUR_WRITES_WAIT).await,
+            Err(e) => return all(e),
+        }
         let image = self.current_image();
         let stored = image.groups.contains_key(group_id);
         let checked = self.with_group(group_id, |_, group| {
