@@ -762,11 +762,17 @@ impl ZkControllerApi {
 
     /// Tells the controller which partitions' states this leader changed.
     async fn notify_isr_change(&self, client: &zk::Client, partitions: Vec<IsrChangedPartition>) {
-        let data = IsrChangeZnode::new(partitions).encode();
+        for notice in IsrChangeZnode::split(partitions) {
+            self.create_isr_change_notice(client, &notice.encode())
+                .await;
+        }
+    }
+
+    async fn create_isr_change_notice(&self, client: &zk::Client, data: &[u8]) {
         for attempt in 1..=3 {
             match bounded(
                 self.timeout,
-                client.create(ISR_CHANGE_PREFIX, &data, &sequential()),
+                client.create(ISR_CHANGE_PREFIX, data, &sequential()),
             )
             .await
             {

@@ -427,12 +427,42 @@ pub struct IsrChangeZnode {
     pub partitions: Vec<IsrChangedPartition>,
 }
 
+/// The most an ISR change notification may take: half of the largest
+/// request a ZooKeeper server accepts by default (`jute.maxbuffer`, 1 MiB).
+/// A larger one is refused by closing the connection, and a client that
+/// sends it again on reconnecting never gets through.
+pub const ISR_CHANGE_MAX_BYTES: usize = 512 * 1024;
+
 impl IsrChangeZnode {
     pub fn new(partitions: Vec<IsrChangedPartition>) -> Self {
         Self {
             version: 1,
             partitions,
         }
+    }
+
+    /// Notifications naming `partitions` in order, each encoding to at most
+    /// [`ISR_CHANGE_MAX_BYTES`]: a leader that changed the ISRs of tens of
+    /// thousands of partitions at once needs several.
+    pub fn split(partitions: Vec<IsrChangedPartition>) -> Vec<Self> {
+        let envelope = Self::new(Vec::new()).encode().len();
+        let mut notices = Vec::new();
+        let mut current = Vec::new();
+        let mut size = envelope;
+        for partition in partitions {
+            // The entry and the comma before it.
+            let entry = to_json(&partition).len() + 1;
+            if !current.is_empty() && size + entry > ISR_CHANGE_MAX_BYTES {
+                notices.push(Self::new(std::mem::take(&mut current)));
+                size = envelope;
+            }
+            size += entry;
+            current.push(partition);
+        }
+        if !current.is_empty() {
+            notices.push(Self::new(current));
+        }
+        notices
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -503,6 +533,31 @@ mod tests {
         let read = TopicZnode::decode("/brokers/topics/t", &data).unwrap();
         assert_eq!(read.topic_id, id);
         assert_eq!(read.replicas, replicas);
+    }
+
+    /// One leader changing the ISRs of 100,000 partitions at once (a
+    /// broker back after a failure, at 100,000 partitions) once asked
+    /// ZooKeeper for a 2.8 MB node and lost its session over and over.
+    #[test]
+    fn isr_change_notifications_fit_a_zookeeper_request() {
+        let partitions: Vec<IsrChangedPartition> = (0..100_000)
+            .map(|i| IsrChangedPartition {
+                topic: format!("{}-{:05}", "t".repeat(200), i / 100),
+                partition: i % 100,
+            })
+            .collect();
+        let notices = IsrChangeZnode::split(partitions.clone());
+        assert!(notices.len() > 1);
+        for notice in &notices {
+            let data = notice.encode();
+            assert!(data.len() <= ISR_CHANGE_MAX_BYTES, "{} bytes", data.len());
+            let read = IsrChangeZnode::decode("/isr_change_notification/isr_change_1", &data);
+            assert_eq!(&read.unwrap(), notice);
+        }
+        let named: Vec<IsrChangedPartition> =
+            notices.into_iter().flat_map(|n| n.partitions).collect();
+        assert_eq!(named, partitions);
+        assert_eq!(IsrChangeZnode::split(Vec::new()), Vec::new());
     }
 
     #[test]
