@@ -45,6 +45,7 @@ use crate::znodes::{
     delete_topic_path, partition_state_path, topic_config_path, topic_path, ConfigChangeZnode,
     ConfigZnode, IsrChangeZnode, IsrChangedPartition, PartitionStateZnode, ProducerIdBlockZnode,
     TopicZnode, BROKER_IDS, CONFIG_CHANGE_PREFIX, ISR_CHANGE_PREFIX, PRODUCER_ID_BLOCK,
+    ZNODE_MAX_BYTES,
 };
 
 /// Who the active controller is, as the broker's own controller election sees it.
@@ -300,14 +301,12 @@ impl ZkControllerApi {
             .await
             .map_err(|e| zk_failure(&e))?;
         let config_data = ConfigZnode::new(config).encode();
+        let topic_data = TopicZnode::new(topic_id, assignment).encode();
+        assignment_fits(name, &topic_data)?;
         let mut multi = client.new_multi_writer();
         let bad_name = |e: zk::Error| ControllerError::InvalidTopic(format!("{name}: {e}"));
         multi
-            .add_create(
-                &topic_path(name),
-                &TopicZnode::new(topic_id, assignment).encode(),
-                &persistent(),
-            )
+            .add_create(&topic_path(name), &topic_data, &persistent())
             .map_err(bad_name)?;
         match old_config {
             Some(_) => multi.add_set_data(&config_path, &config_data, None),
@@ -482,6 +481,7 @@ impl ZkControllerApi {
         }
         assignment.replicas.extend(added);
         let data = TopicZnode::new(topic_id, &assignment.replicas).encode();
+        assignment_fits(topic, &data)?;
         match bounded(
             self.timeout,
             client.set_data(&path, &data, Some(stat.version)),
@@ -786,6 +786,18 @@ impl ZkControllerApi {
     }
 }
 
+/// Refuses a topic whose assignment znode ZooKeeper would not take.
+fn assignment_fits(topic: &str, data: &[u8]) -> Result<(), ControllerError> {
+    if data.len() <= ZNODE_MAX_BYTES {
+        return Ok(());
+    }
+    Err(ControllerError::InvalidPartitions(format!(
+        "Topic {topic}'s partition assignment takes {} bytes in ZooKeeper, more than the \
+         {ZNODE_MAX_BYTES} a znode may hold here; use fewer partitions, or KRaft mode",
+        data.len()
+    )))
+}
+
 fn not_in_zk_mode<T>() -> Result<T, ControllerError> {
     Err(ControllerError::InvalidRequest(
         "a ZooKeeper-mode broker registers through its ZooKeeper session, not with the controller"
@@ -893,6 +905,64 @@ mod tests {
                 Err(e) => panic!("creating {path}: {e}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_topic_too_large_for_a_znode_is_refused_and_the_session_lives_on() {
+        let client = shared().client("/huge-topic").await;
+        registered(&client, &[1]).await;
+        let id = Uuid::new_v4();
+        let metadata = metadata_with(1, &[1], vec![partition("grow", id, 0, 1, &[1])]).await;
+        let clients = publish(client.clone());
+        let api = controller_api(&clients, metadata, TIMEOUT);
+        let topic = |name: &str, num_partitions: i32| NewTopic {
+            name: name.into(),
+            num_partitions,
+            replication_factor: 1,
+            ..NewTopic::default()
+        };
+        fn too_large<T>(result: &Result<T, ControllerError>) -> bool {
+            matches!(result, Err(ControllerError::InvalidPartitions(m)) if m.contains("bytes"))
+        }
+        // Its assignment takes about 1.3 MB; ZooKeeper takes 1 MiB a request.
+        let huge = api
+            .create_topics(vec![topic("huge", 100_000)], false)
+            .await
+            .remove(0);
+        assert!(too_large(&huge), "{huge:?}");
+        assert!(client
+            .check_stat("/brokers/topics/huge")
+            .await
+            .unwrap()
+            .is_none());
+        let small = api
+            .create_topics(vec![topic("small", 3)], false)
+            .await
+            .remove(0);
+        assert!(small.is_ok(), "{small:?}");
+
+        // Growing a topic past the limit is refused the same way.
+        let replicas = BTreeMap::from([(0, vec![1])]);
+        client
+            .create(
+                &topic_path("grow"),
+                &TopicZnode::new(id, &replicas).encode(),
+                &persistent(),
+            )
+            .await
+            .unwrap();
+        let grow = |count: i32| NewPartitions {
+            topic: "grow".into(),
+            count,
+            assignments: None,
+        };
+        let grown = api
+            .create_partitions(vec![grow(100_000)], false)
+            .await
+            .remove(0);
+        assert!(too_large(&grown), "{grown:?}");
+        let grown = api.create_partitions(vec![grow(2)], false).await.remove(0);
+        assert_eq!(grown, Ok(()));
     }
 
     #[tokio::test]

@@ -427,6 +427,12 @@ pub struct IsrChangeZnode {
     pub partitions: Vec<IsrChangedPartition>,
 }
 
+/// The most a znode's data may take here: ZooKeeper refuses a request over
+/// `jute.maxbuffer` (1 MiB by default) by dropping the connection, so a
+/// write that large must never be sent. The rest of the MiB is headroom for
+/// the path and the request's framing.
+pub const ZNODE_MAX_BYTES: usize = 1_000_000;
+
 /// The most an ISR change notification may take: half of the largest
 /// request a ZooKeeper server accepts by default (`jute.maxbuffer`, 1 MiB).
 /// A larger one is refused by closing the connection, and a client that
