@@ -907,6 +907,23 @@ mod tests {
         }
     }
 
+    /// A topic's assignment znode, as a controller would have written it.
+    async fn write_topic_znode(
+        client: &zk::Client,
+        name: &str,
+        id: Uuid,
+        replicas: BTreeMap<i32, Vec<i32>>,
+    ) {
+        client
+            .create(
+                &topic_path(name),
+                &TopicZnode::new(id, &replicas).encode(),
+                &persistent(),
+            )
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn a_topic_too_large_for_a_znode_is_refused_and_the_session_lives_on() {
         let client = shared().client("/huge-topic").await;
@@ -942,15 +959,7 @@ mod tests {
         assert!(small.is_ok(), "{small:?}");
 
         // Growing a topic past the limit is refused the same way.
-        let replicas = BTreeMap::from([(0, vec![1])]);
-        client
-            .create(
-                &topic_path("grow"),
-                &TopicZnode::new(id, &replicas).encode(),
-                &persistent(),
-            )
-            .await
-            .unwrap();
+        write_topic_znode(&client, "grow", id, BTreeMap::from([(0, vec![1])])).await;
         let grow = |count: i32| NewPartitions {
             topic: "grow".into(),
             count,
@@ -1091,15 +1100,7 @@ mod tests {
         let metadata = metadata_with(1, &[1, 2], vec![partition("grow", id, 0, 1, &[1, 2])]).await;
         let clients = publish(client.clone());
         let api = controller_api(&clients, metadata, TIMEOUT);
-        let replicas = BTreeMap::from([(0, vec![1, 2])]);
-        client
-            .create(
-                &topic_path("grow"),
-                &TopicZnode::new(id, &replicas).encode(),
-                &persistent(),
-            )
-            .await
-            .unwrap();
+        write_topic_znode(&client, "grow", id, BTreeMap::from([(0, vec![1, 2])])).await;
         let request = NewPartitions {
             topic: "grow".into(),
             count: 3,
