@@ -22,6 +22,9 @@ pub const STREAM_MAGIC: [u8; 4] = *b"SLRF";
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A topic's dynamic configs: name -> value.
+pub type TopicConfig = std::collections::BTreeMap<String, String>;
+
 /// Why the controller refused or could not carry out a request; the broker
 /// maps each to the Kafka error code clients expect.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -385,6 +388,19 @@ pub trait ControllerApi: Send + Sync {
         changes: Vec<(ConfigResource, Vec<ConfigChange>)>,
         validate_only: bool,
     ) -> BoxFuture<'_, Vec<Result<(), ControllerError>>>;
+
+    /// The dynamic configs of `topics` as the metadata store holds them now,
+    /// one answer per topic in order, so a broker shows a change another
+    /// broker has already acknowledged. `None` means this broker's image is
+    /// the answer: KRaft mode, where changes reach brokers through the log
+    /// (and Kafka too answers from the image). ZooKeeper mode reads the
+    /// config znodes, as Kafka's ZooKeeper-mode brokers did.
+    fn stored_topic_configs(
+        &self,
+        _topics: Vec<String>,
+    ) -> BoxFuture<'_, Option<Vec<Result<TopicConfig, ControllerError>>>> {
+        Box::pin(async { None })
+    }
 
     /// Returns the broker epoch of this registration.
     fn register_broker(

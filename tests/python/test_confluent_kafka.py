@@ -215,3 +215,59 @@ def test_unimplemented_topic_configs_are_refused_at_create_and_alter(server):
     admin.incremental_alter_configs([inc])[inc].result(10)
     configs = admin.describe_configs([res])[res].result(10)
     assert configs["delete.retention.ms"].value == "2000"
+
+
+def test_a_config_change_shows_on_every_broker_at_once(server):
+    """A client sends DescribeConfigs to any broker, so each must show a
+    change another broker has just acknowledged (in ZooKeeper mode, as in
+    Kafka's, by reading the config znode rather than waiting for the change
+    notification). Each round writes on one broker and reads on the next."""
+    from kafka.protocol.admin.configs import DescribeConfigsRequest, IncrementalAlterConfigsRequest
+
+    from wire import Wire
+
+    topic, key, TOPIC, SET, UNKNOWN_TOPIC = "configs-everywhere", "retention.ms", 2, 0, 3
+    admin = AdminClient({"bootstrap.servers": server.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+    wires = [Wire(port) for _, port in server.brokers]
+
+    def describe(wire):
+        request = DescribeConfigsRequest(
+            resources=[
+                DescribeConfigsRequest.DescribeConfigsResource(
+                    resource_type=TOPIC, resource_name=topic, configuration_keys=[key]
+                )
+            ],
+            include_synonyms=False,
+            include_documentation=False,
+        )
+        return wire.call(request).results[0]
+
+    for wire in wires:
+        deadline = time.time() + 30
+        while describe(wire).error_code == UNKNOWN_TOPIC and time.time() < deadline:
+            time.sleep(0.1)
+
+    for i in range(12):
+        writer, reader = wires[i % len(wires)], wires[(i + 1) % len(wires)]
+        value = str(60_000 + i)
+        alter = IncrementalAlterConfigsRequest(
+            resources=[
+                IncrementalAlterConfigsRequest.AlterConfigsResource(
+                    resource_type=TOPIC,
+                    resource_name=topic,
+                    configs=[
+                        IncrementalAlterConfigsRequest.AlterConfigsResource.AlterableConfig(
+                            name=key, config_operation=SET, value=value
+                        )
+                    ],
+                )
+            ],
+            validate_only=False,
+        )
+        assert writer.call(alter).responses[0].error_code == 0
+        result = describe(reader)
+        assert result.error_code == 0, result
+        assert [(c.name, c.value) for c in result.configs] == [(key, value)], f"round {i}"
+    for wire in wires:
+        wire.close()

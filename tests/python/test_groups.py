@@ -9,11 +9,8 @@ they consume, commit and are assigned to a file each; the tests read those.
 """
 
 import collections
-import io
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -32,6 +29,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import failed
+from wire import Wire
 
 KAFKA_PYTHON_MAJOR = int(kafka.__version__.split(".")[0])
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "group_member.py")
@@ -883,54 +881,6 @@ def test_kafka_python_admin_groups_and_errors(group_server, spawn):
 
 
 # ------------------------------------------- the coordinator on the wire
-
-
-class Wire:
-    """One connection speaking the group protocol by hand, with
-    kafka-python's request and response classes, for the answers clients
-    act on without showing (member id required, stale generations, ...)."""
-
-    def __init__(self, port):
-        from kafka.protocol.metadata.api_versions import ApiVersionsRequest
-
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.correlation = 0
-        self.versions = {}
-        response = self.call(ApiVersionsRequest(), version=0)
-        assert response.error_code == 0
-        self.versions = {k.api_key: k.max_version for k in response.api_keys}
-
-    def send(self, request, version=None):
-        if version is None:
-            assert request.API_KEY in self.versions, f"the server does not offer api {request.API_KEY}"
-            version = min(request.max_version, self.versions[request.API_KEY])
-        self.correlation += 1
-        request.API_VERSION = version
-        request.with_header(correlation_id=self.correlation, client_id="wire")
-        self.sock.sendall(request.encode(version=version, header=True, framed=True))
-        return request
-
-    def receive(self, request):
-        (size,) = struct.unpack(">i", self._read(4))
-        buf = io.BytesIO(self._read(size))
-        response_class = request.header.get_response_class()
-        header = response_class.parse_header(buf)
-        assert header.correlation_id == request.header.correlation_id
-        return response_class.decode(buf)
-
-    def call(self, request, version=None):
-        return self.receive(self.send(request, version))
-
-    def _read(self, n):
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            assert chunk, "connection closed"
-            data += chunk
-        return data
-
-    def close(self):
-        self.sock.close()
 
 
 @kafka_python_3

@@ -28,7 +28,7 @@ use sluice_controller::{lifecycle, ops, TopicDefaults};
 use sluice_metadata::controller_api::{
     BoxFuture, BrokerHeartbeat, BrokerRegistrationRequest, ConfigChange, ControllerApi,
     ControllerError, CreatedTopic, GroupWrite, GroupWriteOutcome, GroupWriter, HeartbeatReply,
-    IsrChange, NewPartitions, NewTopic, PartitionState, TopicRef,
+    IsrChange, NewPartitions, NewTopic, PartitionState, TopicConfig, TopicRef,
 };
 use sluice_metadata::{
     ConfigRecord, ConfigResource, MetadataImage, MetadataRecord, PartitionRecord, Uuid,
@@ -37,15 +37,15 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use zookeeper_client as zk;
 
-use crate::configs::TopicConfigHook;
-use crate::connect::{persistent, sequential};
+use crate::configs::{read_topic_config, TopicConfigHook};
+use crate::connect::{persistent, pipelined, sequential};
 use crate::groups::ZkGroups;
 use crate::source::{PushHook, ZkMetadata};
 use crate::znodes::{
     delete_topic_path, partition_state_path, topic_config_path, topic_path, ConfigChangeZnode,
     ConfigZnode, IsrChangeZnode, IsrChangedPartition, PartitionStateZnode, ProducerIdBlockZnode,
     TopicZnode, BROKER_IDS, CONFIG_CHANGE_PREFIX, ISR_CHANGE_PREFIX, PRODUCER_ID_BLOCK,
-    ZNODE_MAX_BYTES,
+    TOPIC_CONFIGS, ZNODE_MAX_BYTES,
 };
 
 /// Who the active controller is, as the broker's own controller election sees it.
@@ -548,6 +548,37 @@ impl ZkControllerApi {
         results
     }
 
+    /// Reads the config znodes of `topics`, after a sync so the answer
+    /// holds every change ZooKeeper has committed, whichever broker made it
+    /// (a server answers reads from what it has applied so far).
+    async fn stored_topic_configs_now(
+        &self,
+        topics: Vec<String>,
+    ) -> Vec<Result<TopicConfig, ControllerError>> {
+        let synced = match self.client() {
+            Ok(client) => bounded(self.timeout, client.sync(TOPIC_CONFIGS))
+                .await
+                .map(|()| client)
+                .map_err(|e| zk_failure(&e)),
+            Err(e) => Err(e),
+        };
+        let client = match synced {
+            Ok(client) => client,
+            Err(e) => return topics.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let timeout = self.timeout;
+        pipelined(topics, move |topic| {
+            let client = client.clone();
+            async move {
+                read_topic_config(&client, &topic, timeout)
+                    .await
+                    .map(Option::unwrap_or_default)
+                    .map_err(ControllerError::Internal)
+            }
+        })
+        .await
+    }
+
     /// Read-modify-write of `/config/topics/<t>` and a change notification,
     /// in one multi conditional on the version read.
     async fn write_topic_config(
@@ -842,6 +873,13 @@ impl ControllerApi for ZkControllerApi {
         validate_only: bool,
     ) -> BoxFuture<'_, Vec<Result<(), ControllerError>>> {
         Box::pin(self.alter_configs_now(changes, validate_only))
+    }
+
+    fn stored_topic_configs(
+        &self,
+        topics: Vec<String>,
+    ) -> BoxFuture<'_, Option<Vec<Result<TopicConfig, ControllerError>>>> {
+        Box::pin(async move { Some(self.stored_topic_configs_now(topics).await) })
     }
 
     fn register_broker(

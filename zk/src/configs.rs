@@ -60,7 +60,7 @@ impl PushHook for PushHooks {
 
 /// Reads a topic's config znode: `Ok(None)` when there is none, `Err`
 /// with the failure (a garbage znode is logged here and reads as `Err`).
-async fn read_topic_config(
+pub(crate) async fn read_topic_config(
     client: &zk::Client,
     topic: &str,
     timeout: Duration,
@@ -455,6 +455,48 @@ mod tests {
         assert!(broker[0].is_err());
 
         stop_watch(stop, watch_b).await;
+    }
+
+    #[tokio::test]
+    async fn a_broker_reads_a_change_it_has_no_notification_of_yet() {
+        let server = shared();
+        let id = Uuid::new_v4();
+        let topics = || vec![partition("fresh", id, 0, 1, &[1, 2])];
+        let (a, b) = (
+            metadata_with(1, &[1, 2], topics()).await,
+            metadata_with(2, &[1, 2], topics()).await,
+        );
+        // Broker 2 follows no notifications: its image stays as it was.
+        let clients_a = publish(server.client("/config-fresh").await);
+        let clients_b = publish(server.client("/config-fresh").await);
+        let api_a = controller_api(&clients_a, a, Duration::from_secs(2));
+        let api_b = controller_api(&clients_b, b.clone(), Duration::from_secs(2));
+        let stored = |topics: &[&str]| {
+            api_b.stored_topic_configs(topics.iter().map(|t| t.to_string()).collect())
+        };
+        assert_eq!(stored(&["fresh"]).await, Some(vec![Ok(BTreeMap::new())]));
+
+        let set = vec![(
+            ConfigResource::Topic("fresh".into()),
+            vec![ConfigChange {
+                name: "retention.ms".into(),
+                value: Some("7000".into()),
+            }],
+        )];
+        assert_eq!(api_a.alter_configs(set, false).await, vec![Ok(())]);
+        assert_eq!(value(&b, "fresh", "retention.ms"), None);
+        let wanted = BTreeMap::from([("retention.ms".to_string(), "7000".to_string())]);
+        assert_eq!(
+            stored(&["fresh", "never-configured"]).await,
+            Some(vec![Ok(wanted), Ok(BTreeMap::new())])
+        );
+
+        // Without a session the read fails rather than answer from the image.
+        clients_b.send_replace(None);
+        let failed = stored(&["fresh"])
+            .await
+            .expect("ZooKeeper mode reads the store");
+        assert!(failed[0].is_err(), "{failed:?}");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! A topic config's value comes from, in order: the topic's dynamic config,
 //! the broker's setting of the matching key, the Kafka default.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use kafka_protocol::messages::create_topics_response::CreatableTopicConfigs;
 use kafka_protocol::messages::describe_configs_response::{
@@ -17,8 +17,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_metadata::configs::{ConfigType, TOPIC_CONFIGS};
-use sluice_metadata::controller_api::{ConfigChange, ControllerApi, ControllerError};
-use sluice_metadata::ConfigResource;
+use sluice_metadata::controller_api::{ConfigChange, ControllerApi, ControllerError, TopicConfig};
+use sluice_metadata::{ConfigResource, MetadataImage};
 
 use super::{message, Broker};
 use crate::errors::controller_error;
@@ -153,12 +153,43 @@ fn broker_config_entries(broker: &Broker, keys: Option<&[String]>) -> Vec<Config
         .collect()
 }
 
-pub fn describe_configs(
+/// The dynamic configs of the named topics this broker knows, from the
+/// metadata store where it answers for itself (ZooKeeper mode), else from
+/// the image. A topic whose configs could not be read maps to the error.
+async fn current_topic_configs(
+    broker: &Broker,
+    image: &MetadataImage,
+    names: Vec<String>,
+) -> HashMap<String, Result<TopicConfig, ControllerError>> {
+    let known: Vec<String> = names
+        .into_iter()
+        .filter(|name| image.topic(name).is_some())
+        .collect();
+    match broker.controller.stored_topic_configs(known.clone()).await {
+        Some(stored) => known.into_iter().zip(stored).collect(),
+        None => known
+            .into_iter()
+            .map(|name| {
+                let config = image.topic_config(&name).cloned().unwrap_or_default();
+                (name, Ok(config))
+            })
+            .collect(),
+    }
+}
+
+pub async fn describe_configs(
     broker: &Broker,
     request: DescribeConfigsRequest,
     _version: i16,
 ) -> DescribeConfigsResponse {
     let image = broker.replicas.image();
+    let topics: Vec<String> = request
+        .resources
+        .iter()
+        .filter(|r| r.resource_type == RESOURCE_TOPIC)
+        .map(|r| r.resource_name.to_string())
+        .collect();
+    let topic_configs = current_topic_configs(broker, &image, topics).await;
     let results = request
         .resources
         .iter()
@@ -173,12 +204,11 @@ pub fn describe_configs(
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
             let entries = match resource.resource_type {
-                RESOURCE_TOPIC => match image.topic(&name) {
-                    Some(_) => Ok(topic_config_entries(
-                        broker,
-                        image.topic_config(&name),
-                        keys.as_deref(),
-                    )),
+                RESOURCE_TOPIC => match topic_configs.get(&name) {
+                    Some(Ok(config)) => {
+                        Ok(topic_config_entries(broker, Some(config), keys.as_deref()))
+                    }
+                    Some(Err(e)) => Err((controller_error(e), e.to_string())),
                     None => Err((
                         ResponseError::UnknownTopicOrPartition,
                         format!("Topic {name} does not exist"),
@@ -334,14 +364,27 @@ pub async fn incremental_alter_configs_with(
 /// The legacy AlterConfigs replaces a resource's whole set of dynamic configs.
 pub async fn alter_configs(broker: &Broker, request: AlterConfigsRequest) -> AlterConfigsResponse {
     let image = broker.replicas.image();
+    let topics: Vec<String> = request
+        .resources
+        .iter()
+        .filter(|r| r.resource_type == RESOURCE_TOPIC)
+        .map(|r| r.resource_name.to_string())
+        .collect();
+    let topic_configs = current_topic_configs(broker, &image, topics).await;
     let planned = request
         .resources
         .iter()
         .map(|r| {
             let resource = resource_of(r.resource_type, r.resource_name.as_str())?;
-            let mut changes: Vec<ConfigChange> = image
-                .configs
-                .get(&resource)
+            let current = match &resource {
+                ConfigResource::Topic(name) => match topic_configs.get(name) {
+                    Some(Ok(config)) => Some(config),
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => None,
+                },
+                other => image.configs.get(other),
+            };
+            let mut changes: Vec<ConfigChange> = current
                 .map(|current| {
                     current
                         .keys()

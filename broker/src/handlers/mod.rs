@@ -295,7 +295,7 @@ pub async fn dispatch(
             ResponseKind::InitProducerId(produce::init_producer_id(broker, r).await)
         }
         RequestKind::DescribeConfigs(r) => {
-            ResponseKind::DescribeConfigs(configs::describe_configs(broker, r, version))
+            ResponseKind::DescribeConfigs(configs::describe_configs(broker, r, version).await)
         }
         RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
             configs::incremental_alter_configs(broker, r).await,
