@@ -408,6 +408,22 @@ mod tests {
         metadata.image().topic_config(topic)?.get(name).cloned()
     }
 
+    /// An alter_configs request that sets (or, with `None`, removes) one
+    /// config of a topic.
+    fn set_config(
+        topic: &str,
+        name: &str,
+        value: Option<&str>,
+    ) -> Vec<(ConfigResource, Vec<ConfigChange>)> {
+        vec![(
+            ConfigResource::Topic(topic.into()),
+            vec![ConfigChange {
+                name: name.into(),
+                value: value.map(str::to_string),
+            }],
+        )]
+    }
+
     #[tokio::test]
     async fn config_changes_reach_every_broker() {
         let server = shared();
@@ -422,15 +438,7 @@ mod tests {
         let (stop, stopped) = watch::channel(false);
         let watch_b = start_config_watch(clients_b.subscribe(), b.clone(), stopped);
         let api = controller_api(&clients_a, a.clone(), Duration::from_secs(2));
-        let set = |value: Option<&str>| {
-            vec![(
-                ConfigResource::Topic("t".into()),
-                vec![ConfigChange {
-                    name: "retention.ms".into(),
-                    value: value.map(str::to_string),
-                }],
-            )]
-        };
+        let set = |value: Option<&str>| set_config("t", "retention.ms", value);
 
         assert_eq!(
             api.alter_configs(set(Some("5000")), false).await,
@@ -476,13 +484,7 @@ mod tests {
         };
         assert_eq!(stored(&["fresh"]).await, Some(vec![Ok(BTreeMap::new())]));
 
-        let set = vec![(
-            ConfigResource::Topic("fresh".into()),
-            vec![ConfigChange {
-                name: "retention.ms".into(),
-                value: Some("7000".into()),
-            }],
-        )];
+        let set = set_config("fresh", "retention.ms", Some("7000"));
         assert_eq!(api_a.alter_configs(set, false).await, vec![Ok(())]);
         assert_eq!(value(&b, "fresh", "retention.ms"), None);
         let wanted = BTreeMap::from([("retention.ms".to_string(), "7000".to_string())]);
@@ -513,13 +515,7 @@ mod tests {
         let api = controller_api(&clients_a, a, Duration::from_secs(2));
         // Let the watch load and arm first, so the change arrives as a notification.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let change = vec![(
-            ConfigResource::Topic("late".into()),
-            vec![ConfigChange {
-                name: "segment.ms".into(),
-                value: Some("60000".into()),
-            }],
-        )];
+        let change = set_config("late", "segment.ms", Some("60000"));
         assert_eq!(api.alter_configs(change, false).await, vec![Ok(())]);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(value(&b, "late", "segment.ms").is_none());

@@ -153,17 +153,18 @@ fn broker_config_entries(broker: &Broker, keys: Option<&[String]>) -> Vec<Config
         .collect()
 }
 
-/// The dynamic configs of the named topics this broker knows, from the
-/// metadata store where it answers for itself (ZooKeeper mode), else from
-/// the image. A topic whose configs could not be read maps to the error.
-async fn current_topic_configs(
+/// The dynamic configs of the topics among `resources` (type, name) that
+/// this broker knows, from the metadata store where it answers for itself
+/// (ZooKeeper mode), else from the image. A topic whose configs could not
+/// be read maps to the error.
+async fn current_topic_configs<'a>(
     broker: &Broker,
     image: &MetadataImage,
-    names: Vec<String>,
+    resources: impl Iterator<Item = (i8, &'a StrBytes)>,
 ) -> HashMap<String, Result<TopicConfig, ControllerError>> {
-    let known: Vec<String> = names
-        .into_iter()
-        .filter(|name| image.topic(name).is_some())
+    let known: Vec<String> = resources
+        .filter(|(kind, name)| *kind == RESOURCE_TOPIC && image.topic(name).is_some())
+        .map(|(_, name)| name.to_string())
         .collect();
     match broker.controller.stored_topic_configs(known.clone()).await {
         Some(stored) => known.into_iter().zip(stored).collect(),
@@ -183,13 +184,15 @@ pub async fn describe_configs(
     _version: i16,
 ) -> DescribeConfigsResponse {
     let image = broker.replicas.image();
-    let topics: Vec<String> = request
-        .resources
-        .iter()
-        .filter(|r| r.resource_type == RESOURCE_TOPIC)
-        .map(|r| r.resource_name.to_string())
-        .collect();
-    let topic_configs = current_topic_configs(broker, &image, topics).await;
+    let topic_configs = current_topic_configs(
+        broker,
+        &image,
+        request
+            .resources
+            .iter()
+            .map(|r| (r.resource_type, &r.resource_name)),
+    )
+    .await;
     let results = request
         .resources
         .iter()
@@ -364,13 +367,15 @@ pub async fn incremental_alter_configs_with(
 /// The legacy AlterConfigs replaces a resource's whole set of dynamic configs.
 pub async fn alter_configs(broker: &Broker, request: AlterConfigsRequest) -> AlterConfigsResponse {
     let image = broker.replicas.image();
-    let topics: Vec<String> = request
-        .resources
-        .iter()
-        .filter(|r| r.resource_type == RESOURCE_TOPIC)
-        .map(|r| r.resource_name.to_string())
-        .collect();
-    let topic_configs = current_topic_configs(broker, &image, topics).await;
+    let topic_configs = current_topic_configs(
+        broker,
+        &image,
+        request
+            .resources
+            .iter()
+            .map(|r| (r.resource_type, &r.resource_name)),
+    )
+    .await;
     let planned = request
         .resources
         .iter()
