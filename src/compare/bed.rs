@@ -81,6 +81,11 @@ impl Bed {
             metrics_port: Some(layout.metrics_port),
             overrides: layout.common.clone(),
         })?;
+        let mut cluster = cluster;
+        // A broker at 100,000 partitions takes about 1.5 min to close its
+        // logs; killing it sooner would cut short the controlled shutdown
+        // being timed, and make the next start-up a recovery.
+        cluster.exit_limit = Duration::from_secs(600);
         let mut bed = Bed {
             mode,
             cluster,
