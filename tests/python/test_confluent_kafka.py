@@ -87,6 +87,20 @@ def wait_for_topic(admin, topic, limit=10):
         time.sleep(0.1)
 
 
+def wait_for_partitions(admin, topic, count, limit=10):
+    """The partition count of `topic` in a Metadata answer, once it is
+    `count` or `limit` s have passed. The broker that grew the topic
+    answers only when it shows the new partitions; a Metadata request may
+    go to another broker, which the controller tells a moment later (as in
+    Kafka)."""
+    deadline = time.monotonic() + limit
+    while True:
+        found = len(admin.list_topics(timeout=10).topics[topic].partitions)
+        if found == count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def test_admin_create_list_describe_alter_delete_and_errors(server):
     admin = AdminClient({"bootstrap.servers": server.bootstrap})
     # validate_only creates nothing
@@ -122,7 +136,7 @@ def test_admin_create_list_describe_alter_delete_and_errors(server):
     assert sorted((n.id, n.port) for n in cluster.nodes) == server.brokers
 
     admin.create_partitions([NewPartitions("admin-a", 5)])["admin-a"].result(10)
-    assert len(admin.list_topics(timeout=10).topics["admin-a"].partitions) == 5
+    assert wait_for_partitions(admin, "admin-a", 5) == 5
 
     def error_of(future):
         with pytest.raises(KafkaException) as e:
@@ -138,7 +152,11 @@ def test_admin_create_list_describe_alter_delete_and_errors(server):
     assert error_of(admin.delete_topics(["missing"])["missing"]) == KafkaError.UNKNOWN_TOPIC_OR_PART
 
     admin.delete_topics(["admin-a"])["admin-a"].result(10)
-    assert "admin-a" not in admin.list_topics(timeout=10).topics
+    # Every broker drops the topic once the controller tells it.
+    deadline = time.monotonic() + 10
+    while "admin-a" in (topics := admin.list_topics(timeout=10).topics) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "admin-a" not in topics
 
 
 # Topic configs Sluice does not honour are refused rather than stored; the
