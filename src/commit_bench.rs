@@ -47,8 +47,6 @@ pub struct CommitBenchArgs {
 const IDLE_GROUP_WRITERS: usize = 32;
 
 impl CommitBenchArgs {
-    /// `groups` groups committing `partitions` offsets each, for `seconds`
-    /// per phase, against `bootstrap`.
     /// `groups` groups committing for every partition of `topic` (which has
     /// `partitions`), for `seconds` per phase, against `bootstrap`.
     pub fn for_topic(

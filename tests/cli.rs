@@ -292,6 +292,19 @@ fn stop_on_ctrl_c(mode: &[&str], base: u16) {
         .args(["--port", &base.to_string(), "--data-dir"])
         .arg(dir.path())
         .process_group(0);
+    // And, like an interactive shell's job, with SIGINT at its default:
+    // this test may itself run with SIGINT ignored (a background job of a
+    // script), which `cluster up` would inherit and, by the nohup
+    // convention, keep.
+    // SAFETY: signal(2) is async-signal-safe, as a pre_exec hook requires.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::signal(libc::SIGINT, libc::SIG_DFL) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let (mut up, _) = common::start_cluster_up(command, dir.path(), Duration::from_secs(180));
     let bootstrap = format!("127.0.0.1:{base}");
     let created = std::process::Command::new(common::BIN)
@@ -311,7 +324,14 @@ fn stop_on_ctrl_c(mode: &[&str], base: u16) {
     let stopping = std::time::Instant::now();
     // SAFETY: kill(2) on the process group of a child we started.
     assert_eq!(unsafe { libc::kill(-(up.id() as i32), libc::SIGINT) }, 0);
-    let status = common::wait_exit(&mut up, Duration::from_secs(120));
+    let Some(status) = common::exit_within(&mut up, Duration::from_secs(120)) else {
+        // SAFETY: as above; the nodes must not outlive the test.
+        unsafe { libc::kill(-(up.id() as i32), libc::SIGKILL) };
+        panic!(
+            "{mode:?}: cluster up did not stop within 120 s of Ctrl-C\n{}",
+            common::logs_in(dir.path())
+        );
+    };
     eprintln!(
         "{mode:?}: the whole cluster stopped in {:?}",
         stopping.elapsed()

@@ -1210,8 +1210,13 @@ impl Publisher for ReplicaManager {
             // The loader publishes the caught-up image first, whole.
             self.remove_strays(image);
         }
-        // Waiting fetches and acks=all produces re-check leadership and existence.
-        self.notify_appended();
+        // Waiting fetches and acks=all produces re-check leadership and
+        // existence, so they wake only when a hosted partition changed: a
+        // woken fetch re-reads its whole session, and most entries (offset
+        // commits, other brokers' partitions) change nothing here.
+        if !changes.updated.is_empty() || !changes.removed.is_empty() {
+            self.notify_appended();
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use sluice_metadata::{MetadataRecord, TopicRecord, Uuid};
+use sluice_metadata::{
+    MetadataRecord, OffsetCommitRecord, PartitionOffset, TopicOffsets, TopicRecord, Uuid,
+};
 
 use crate::replication_tests::{eventually, partition_record, produce_many, two_brokers, TOPIC};
 use crate::KafkaClient;
@@ -192,4 +194,53 @@ async fn a_follower_idle_past_the_lag_time_stays_in_sync_through_the_next_write(
     for index in 0..PARTITIONS {
         assert_eq!(nodes[1].log_of(index).0, 2);
     }
+}
+
+/// A waiting fetch re-reads every partition of its session when woken, so a
+/// metadata entry that changes nothing this broker hosts must not wake it:
+/// otherwise every consumer-group offset commit (a metadata record in KRaft
+/// mode) costs each broker a pass over every follower's session, which at
+/// 100,000 partitions is tens of thousands of partitions per commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metadata_about_nothing_hosted_here_wakes_no_waiting_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _controller, nodes) = two_brokers(dir.path()).await;
+    let topic_id = create_topic(&cluster);
+    let waiting = nodes[0].replicas.appended().notified();
+    tokio::pin!(waiting);
+    waiting.as_mut().enable();
+
+    let commit = MetadataRecord::Offsets(OffsetCommitRecord {
+        group_id: "readers".into(),
+        commit_timestamp: 1,
+        topics: vec![TopicOffsets {
+            topic: TOPIC.into(),
+            partitions: vec![PartitionOffset {
+                partition: 0,
+                offset: 0,
+                leader_epoch: -1,
+                metadata: None,
+            }],
+        }],
+    });
+    let elsewhere = MetadataRecord::Topic(TopicRecord {
+        name: "hosted-nowhere".into(),
+        topic_id: Uuid::new_v4(),
+    });
+    cluster.lock().unwrap().commit(&[commit, elsewhere]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), waiting.as_mut())
+            .await
+            .is_err(),
+        "an offset commit woke the fetches waiting on this broker"
+    );
+
+    // A leadership change of a hosted partition still wakes them.
+    cluster
+        .lock()
+        .unwrap()
+        .commit(&[partition_record(topic_id, 0, 2, 1, vec![1, 2], 1)]);
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("a hosted partition's new leader did not wake the waiting fetches");
 }

@@ -247,16 +247,7 @@ pub fn start_cluster_up(mut command: Command, dir: &Path, limit: Duration) -> (C
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .unwrap_or_else(|_| {
-                let logs = std::fs::read_dir(dir)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                    .map(|e| {
-                        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                        format!("===== {}\n{text}", e.path().display())
-                    })
-                    .collect::<String>();
+                let logs = logs_in(dir);
                 panic!("cluster up did not start:\n{printed}\n{logs}")
             });
         printed.push_str(&line);
@@ -265,17 +256,42 @@ pub fn start_cluster_up(mut command: Command, dir: &Path, limit: Duration) -> (C
     (up, printed)
 }
 
+/// Every `.log` file in `dir`, each under its path: what a failing test
+/// prints to show what its nodes did.
+pub fn logs_in(dir: &Path) -> String {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            format!("===== {}\n{text}", path.display())
+        })
+        .collect()
+}
+
 /// Waits for `child` to exit, within `limit`.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    exit_within(child, limit).unwrap_or_else(|| panic!("the process did not stop within {limit:?}"))
+}
+
+/// `child`'s exit status once it exits, or `None` if it is still running
+/// after `limit`.
+pub fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("waiting for the process") {
-            return status;
+            return Some(status);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the process did not stop within {limit:?}"
-        );
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
