@@ -239,19 +239,25 @@ impl Node {
     }
 
     /// Waits up to `limit` for the node to exit after [`Node::terminate`],
-    /// then SIGKILLs it. Returns whether it exited on its own.
-    fn wait_exit(&mut self, limit: Duration) -> bool {
+    /// then SIGKILLs it; an error if it had to be killed.
+    fn wait_exit(&mut self, limit: Duration) -> Result<()> {
         let Some(mut child) = self.child.take() else {
-            return true;
+            return Ok(());
         };
         let deadline = Instant::now() + limit;
         loop {
             match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return true,
+                Ok(Some(_)) | Err(_) => return Ok(()),
                 Ok(None) if Instant::now() > deadline => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return false;
+                    bail!(
+                        "node {} ({}) did not exit within {} s of SIGTERM and was killed; see {}",
+                        self.id,
+                        self.role,
+                        limit.as_secs(),
+                        self.log.display()
+                    );
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -525,15 +531,7 @@ impl LocalCluster {
     /// it; an error if it had to be killed.
     pub fn wait_node_exit(&mut self, id: u16) -> Result<()> {
         let limit = self.exit_limit;
-        let node = self.node_mut(id)?;
-        if !node.wait_exit(limit) {
-            bail!(
-                "node {id} did not exit within {} s of SIGTERM and was killed; see {}",
-                limit.as_secs(),
-                node.log.display()
-            );
-        }
-        Ok(())
+        self.node_mut(id)?.wait_exit(limit)
     }
 
     /// Stops node `id` in its tracks (SIGSTOP) until [`LocalCluster::resume`].
@@ -575,14 +573,8 @@ impl LocalCluster {
                 n.terminate();
             }
             for n in self.nodes.iter_mut().filter(|n| n.role == role) {
-                if !n.wait_exit(self.exit_limit) {
-                    eprintln!(
-                        "node {} ({}) did not exit within {} s of SIGTERM and was killed; see {}",
-                        n.id,
-                        n.role,
-                        self.exit_limit.as_secs(),
-                        n.log.display()
-                    );
+                if let Err(e) = n.wait_exit(self.exit_limit) {
+                    eprintln!("{e}");
                 }
             }
         }

@@ -73,7 +73,7 @@ impl Bed {
             Mode::Kraft => DATA_BROKERS,
             Mode::Zk => DATA_BROKERS + 1,
         };
-        let cluster = LocalCluster::launch(&Spec {
+        let mut cluster = LocalCluster::launch(&Spec {
             coordination,
             brokers,
             dir: dir.to_path_buf(),
@@ -81,7 +81,6 @@ impl Bed {
             metrics_port: Some(layout.metrics_port),
             overrides: layout.common.clone(),
         })?;
-        let mut cluster = cluster;
         // A broker at 100,000 partitions takes about 1.5 min to close its
         // logs; killing it sooner would cut short the controlled shutdown
         // being timed, and make the next start-up a recovery.
